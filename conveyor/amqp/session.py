@@ -1,0 +1,330 @@
+"""AMQP channel methods -> core calls, and core callbacks -> frames.
+
+One ``Session`` per connection. The connection (sans-IO) hands it complete commands; each handler
+validates, calls the core, and replies. Handlers only raise: ``Connection.fail`` turns the error into
+the right close. Handlers are looked up by method class in ``_HANDLERS`` (one dict lookup per frame).
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+from collections.abc import Callable
+from typing import Any
+
+from conveyor.amqp import spec
+from conveyor.amqp.channel import AMQPConsumer, Channel
+from conveyor.amqp.connection import Connection, decode_headers
+from conveyor.amqp.errors import HardError, SoftError
+from conveyor.core.message import Message
+from conveyor.core.vhost import VirtualHost
+
+_NO_ROUTE = "NO_ROUTE"
+
+
+class Session:
+    def __init__(self, broker: Any) -> None:
+        self.broker = broker
+        self.conn: Connection = None  # type: ignore[assignment]  # set by the server glue
+        self.vhost: VirtualHost = None  # type: ignore[assignment]
+        self.channels: dict[int, Channel] = {}
+        self._confirming: set[Channel] = set()  # channels with confirms to send after this input
+
+    # -- connection callbacks ------------------------------------------------------------------
+
+    def connection_opened(self, vhost: str, user: str) -> None:
+        self.vhost = self.broker.vhosts[vhost]
+
+    def channel_opened(self, channel: int) -> None:
+        self.channels[channel] = Channel(self, channel)
+
+    def channel_closed(self, channel: int) -> None:
+        state = self.channels.pop(channel, None)
+        if state is not None:
+            self._confirming.discard(state)
+            state.close()
+
+    def connection_lost(self) -> None:
+        """The transport is gone: close every channel, then drop this connection's exclusive queues."""
+        for channel in list(self.channels):
+            self.channel_closed(channel)
+        if self.vhost is not None:
+            self.vhost.owner_closed(self)
+
+    def method(self, channel: int, method: spec.Method) -> None:
+        handler = _HANDLERS.get(type(method))
+        if handler is None:
+            raise HardError(spec.COMMAND_INVALID, f"unimplemented method {method.NAME}")
+        handler(self, self.channels[channel], method)
+
+    def content(self, channel: int, method: spec.Method, properties: bytes, body: bytes) -> None:
+        assert isinstance(method, spec.BasicPublish)
+        self._publish(self.channels[channel], method, properties, body)
+
+    def set_paused(self, paused: bool) -> None:
+        """Flow control from the transport: stop or resume deliveries to this connection."""
+        for channel in self.channels.values():
+            channel.paused = paused
+            if not paused:
+                for consumer in channel.consumers.values():
+                    consumer.queue.wake()
+
+    def flush_confirms(self) -> None:
+        """Send the publisher confirms earned by the input just processed, one frame per channel."""
+        if not self._confirming:
+            return
+        for channel in self._confirming:
+            upto = channel.publish_seq
+            if upto > channel.confirmed_upto and channel.id in self.conn.channels:
+                multiple = upto - channel.confirmed_upto > 1
+                self.conn.send_method(channel.id, spec.BasicAck(delivery_tag=upto, multiple=multiple))
+            channel.confirmed_upto = upto
+        self._confirming.clear()
+
+    # -- helpers -------------------------------------------------------------------------------
+
+    def _queue_name(self, channel: Channel, name: str) -> str:
+        if name:
+            return name
+        if not channel.last_queue:
+            raise SoftError(spec.NOT_FOUND, "no previously declared queue")
+        return channel.last_queue
+
+    def _reply(self, channel: Channel, method: spec.Method) -> None:
+        self.conn.send_method(channel.id, method)
+
+    # -- exchange ------------------------------------------------------------------------------
+
+    def _exchange_declare(self, channel: Channel, m: spec.ExchangeDeclare) -> None:
+        self.vhost.declare_exchange(
+            m.exchange, m.type, passive=m.passive, durable=m.durable, auto_delete=m.auto_delete,
+            internal=m.internal, arguments=m.arguments,
+        )
+        if not m.nowait:
+            self._reply(channel, spec.ExchangeDeclareOk())
+
+    def _exchange_delete(self, channel: Channel, m: spec.ExchangeDelete) -> None:
+        self.vhost.delete_exchange(m.exchange, if_unused=m.if_unused)
+        if not m.nowait:
+            self._reply(channel, spec.ExchangeDeleteOk())
+
+    def _exchange_bind(self, channel: Channel, m: spec.ExchangeBind) -> None:
+        self.vhost.bind_exchange(m.destination, m.source, m.routing_key, m.arguments)
+        if not m.nowait:
+            self._reply(channel, spec.ExchangeBindOk())
+
+    def _exchange_unbind(self, channel: Channel, m: spec.ExchangeUnbind) -> None:
+        self.vhost.unbind_exchange(m.destination, m.source, m.routing_key, m.arguments)
+        if not m.nowait:
+            self._reply(channel, spec.ExchangeUnbindOk())
+
+    # -- queue ---------------------------------------------------------------------------------
+
+    def _queue_declare(self, channel: Channel, m: spec.QueueDeclare) -> None:
+        name = m.queue
+        if not name:
+            name = self._queue_name(channel, name) if m.passive else self.vhost.new_queue_name()
+        queue = self.vhost.declare_queue(
+            name, self, passive=m.passive, durable=m.durable, exclusive=m.exclusive,
+            auto_delete=m.auto_delete, arguments=m.arguments,
+        )
+        channel.last_queue = queue.name
+        if not m.nowait:
+            self._reply(channel, spec.QueueDeclareOk(queue.name, queue.message_count, queue.consumer_count))
+
+    def _queue_bind(self, channel: Channel, m: spec.QueueBind) -> None:
+        name = self._queue_name(channel, m.queue)
+        self.vhost.bind_queue(name, m.exchange, m.routing_key, m.arguments, self)
+        if not m.nowait:
+            self._reply(channel, spec.QueueBindOk())
+
+    def _queue_unbind(self, channel: Channel, m: spec.QueueUnbind) -> None:
+        name = self._queue_name(channel, m.queue)
+        self.vhost.unbind_queue(name, m.exchange, m.routing_key, m.arguments, self)
+        self._reply(channel, spec.QueueUnbindOk())
+
+    def _queue_purge(self, channel: Channel, m: spec.QueuePurge) -> None:
+        count = self.vhost.purge_queue(self._queue_name(channel, m.queue), self)
+        if not m.nowait:
+            self._reply(channel, spec.QueuePurgeOk(message_count=count))
+
+    def _queue_delete(self, channel: Channel, m: spec.QueueDelete) -> None:
+        count = self.vhost.delete_queue(
+            self._queue_name(channel, m.queue), self, if_unused=m.if_unused, if_empty=m.if_empty
+        )
+        if not m.nowait:
+            self._reply(channel, spec.QueueDeleteOk(message_count=count))
+
+    # -- basic ---------------------------------------------------------------------------------
+
+    def _basic_qos(self, channel: Channel, m: spec.BasicQos) -> None:
+        if m.prefetch_size:
+            raise HardError(spec.NOT_IMPLEMENTED, f"prefetch_size!=0 ({m.prefetch_size})")
+        if m.global_:
+            channel.global_prefetch = m.prefetch_count
+            for consumer in channel.consumers.values():
+                consumer.queue.wake()
+        else:
+            channel.prefetch = m.prefetch_count
+        self._reply(channel, spec.BasicQosOk())
+
+    def _basic_consume(self, channel: Channel, m: spec.BasicConsume) -> None:
+        queue = self.vhost.get_queue(self._queue_name(channel, m.queue), self)
+        tag = m.consumer_tag or "amq.ctag-" + base64.urlsafe_b64encode(os.urandom(16)).decode().rstrip("=")
+        if tag in channel.consumers:
+            raise HardError(spec.NOT_ALLOWED, f"attempt to reuse consumer tag '{tag}'")
+        priority = (m.arguments or {}).get("x-priority", 0)
+        if not isinstance(priority, int) or isinstance(priority, bool):
+            raise SoftError(spec.PRECONDITION_FAILED, f"invalid arg 'x-priority' for {queue.describe()}")
+        consumer = AMQPConsumer(channel, queue, tag, m.no_ack, m.exclusive, priority, channel.prefetch)
+        queue.add_consumer(consumer)  # deliveries come from a scheduled pump, after consume-ok
+        channel.consumers[tag] = consumer
+        if not m.nowait:
+            self._reply(channel, spec.BasicConsumeOk(consumer_tag=tag))
+
+    def _basic_cancel(self, channel: Channel, m: spec.BasicCancel) -> None:
+        consumer = channel.consumers.pop(m.consumer_tag, None)
+        if consumer is not None:
+            consumer.queue.remove_consumer(consumer)
+        if not m.nowait:
+            self._reply(channel, spec.BasicCancelOk(consumer_tag=m.consumer_tag))
+
+    def _basic_get(self, channel: Channel, m: spec.BasicGet) -> None:
+        queue = self.vhost.get_queue(self._queue_name(channel, m.queue), self)
+        entry = queue.get(m.no_ack)
+        if entry is None:
+            self._reply(channel, spec.BasicGetEmpty())
+            return
+        channel.next_tag += 1
+        tag = channel.next_tag
+        if not m.no_ack:
+            channel.unacked[tag] = (entry, None)
+        message = entry.message
+        self.conn.send_content(
+            channel.id,
+            spec.BasicGetOk(tag, entry.redelivered, message.exchange, message.routing_key, queue.message_count),
+            message.properties,
+            message.body,
+        )
+
+    def _publish(self, channel: Channel, m: spec.BasicPublish, properties: bytes, body: bytes) -> None:
+        if m.immediate:
+            raise HardError(spec.NOT_IMPLEMENTED, "immediate=true")
+        message = Message(m.exchange, m.routing_key, properties, body, decoder=decode_headers)
+        if channel.tx is not None:
+            self.vhost.get_exchange(m.exchange)  # a missing exchange fails now, not at commit
+            channel.tx.append(("publish", m.mandatory, message))
+            return
+        self._route(channel, m.mandatory, message)
+
+    def _route(self, channel: Channel, mandatory: bool, message: Message) -> None:
+        routed = self.vhost.publish(message.exchange, message)
+        if not routed and mandatory:
+            self.conn.send_content(
+                channel.id,
+                spec.BasicReturn(spec.NO_ROUTE, _NO_ROUTE, message.exchange, message.routing_key),
+                message.properties,
+                message.body,
+            )
+        if channel.confirm:
+            channel.publish_seq += 1
+            self._confirming.add(channel)
+
+    def _basic_ack(self, channel: Channel, m: spec.BasicAck) -> None:
+        self._settle(channel, m.delivery_tag, m.multiple, None)
+
+    def _basic_nack(self, channel: Channel, m: spec.BasicNack) -> None:
+        self._settle(channel, m.delivery_tag, m.multiple, m.requeue)
+
+    def _basic_reject(self, channel: Channel, m: spec.BasicReject) -> None:
+        self._settle(channel, m.delivery_tag, False, m.requeue)
+
+    def _settle(self, channel: Channel, tag: int, multiple: bool, requeue: bool | None) -> None:
+        if channel.tx is not None:
+            if not multiple and tag not in channel.unacked:
+                raise SoftError(spec.PRECONDITION_FAILED, f"unknown delivery tag {tag}")
+            channel.tx.append(("settle", tag, multiple, requeue))
+            return
+        channel.settle(tag, multiple, requeue)
+
+    def _basic_recover(self, channel: Channel, m: spec.BasicRecover) -> None:
+        if not m.requeue:
+            raise HardError(spec.NOT_IMPLEMENTED, "requeue=false")
+        channel.recover()
+        self._reply(channel, spec.BasicRecoverOk())
+
+    def _basic_recover_async(self, channel: Channel, m: spec.BasicRecoverAsync) -> None:
+        if not m.requeue:
+            raise HardError(spec.NOT_IMPLEMENTED, "requeue=false")
+        channel.recover()
+
+    # -- confirm and tx ------------------------------------------------------------------------
+
+    def _confirm_select(self, channel: Channel, m: spec.ConfirmSelect) -> None:
+        if channel.tx is not None:
+            raise SoftError(spec.PRECONDITION_FAILED, "cannot switch from tx to confirm mode")
+        channel.confirm = True
+        if not m.nowait:
+            self._reply(channel, spec.ConfirmSelectOk())
+
+    def _tx_select(self, channel: Channel, m: spec.TxSelect) -> None:
+        if channel.confirm:
+            raise SoftError(spec.PRECONDITION_FAILED, "cannot switch from confirm to tx mode")
+        if channel.tx is None:
+            channel.tx = []
+        self._reply(channel, spec.TxSelectOk())
+
+    def _tx_commit(self, channel: Channel, m: spec.TxCommit) -> None:
+        if channel.tx is None:
+            raise SoftError(spec.PRECONDITION_FAILED, "channel is not transactional")
+        pending, channel.tx = channel.tx, []
+        for item in pending:
+            if item[0] == "publish":
+                self._route(channel, item[1], item[2])
+            else:
+                channel.settle(item[1], item[2], item[3])
+        self._reply(channel, spec.TxCommitOk())
+
+    def _tx_rollback(self, channel: Channel, m: spec.TxRollback) -> None:
+        if channel.tx is None:
+            raise SoftError(spec.PRECONDITION_FAILED, "channel is not transactional")
+        channel.tx = []
+        self._reply(channel, spec.TxRollbackOk())
+
+    # -- channel and access --------------------------------------------------------------------
+
+    def _channel_flow(self, channel: Channel, m: spec.ChannelFlow) -> None:
+        if not m.active:
+            raise HardError(spec.NOT_IMPLEMENTED, "active=false")
+        self._reply(channel, spec.ChannelFlowOk(active=True))
+
+    def _access_request(self, channel: Channel, m: spec.AccessRequest) -> None:
+        self._reply(channel, spec.AccessRequestOk(ticket=1))
+
+
+_HANDLERS: dict[type[spec.Method], Callable[[Session, Channel, Any], None]] = {
+    spec.ExchangeDeclare: Session._exchange_declare,
+    spec.ExchangeDelete: Session._exchange_delete,
+    spec.ExchangeBind: Session._exchange_bind,
+    spec.ExchangeUnbind: Session._exchange_unbind,
+    spec.QueueDeclare: Session._queue_declare,
+    spec.QueueBind: Session._queue_bind,
+    spec.QueueUnbind: Session._queue_unbind,
+    spec.QueuePurge: Session._queue_purge,
+    spec.QueueDelete: Session._queue_delete,
+    spec.BasicQos: Session._basic_qos,
+    spec.BasicConsume: Session._basic_consume,
+    spec.BasicCancel: Session._basic_cancel,
+    spec.BasicGet: Session._basic_get,
+    spec.BasicAck: Session._basic_ack,
+    spec.BasicNack: Session._basic_nack,
+    spec.BasicReject: Session._basic_reject,
+    spec.BasicRecover: Session._basic_recover,
+    spec.BasicRecoverAsync: Session._basic_recover_async,
+    spec.ConfirmSelect: Session._confirm_select,
+    spec.TxSelect: Session._tx_select,
+    spec.TxCommit: Session._tx_commit,
+    spec.TxRollback: Session._tx_rollback,
+    spec.ChannelFlow: Session._channel_flow,
+    spec.AccessRequest: Session._access_request,
+}

@@ -1,0 +1,344 @@
+"""A virtual host: the registry of exchanges, queues and bindings, and the publish path.
+
+Declarations follow RabbitMQ: redeclaring an entity with different properties fails with
+PreconditionFailed and RabbitMQ's "inequivalent arg" text; names starting with ``amq.`` are reserved;
+an exclusive queue belongs to the connection that declared it (``owner``) and is deleted with it.
+
+``publish`` routes one hop through the named exchange, then follows exchange-to-exchange bindings
+breadth-first with a visited set (cycles are harmless), and pushes the one shared Message object into
+every queue reached, each queue at most once.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+from collections.abc import Callable
+from typing import Any
+
+from conveyor.core.errors import (
+    AccessRefused,
+    CommandInvalid,
+    NotFound,
+    PreconditionFailed,
+    ResourceLocked,
+)
+from conveyor.core.exchange import EXCHANGE_TYPES
+from conveyor.core.exchange.base import Exchange
+from conveyor.core.message import Message
+from conveyor.core.queue.classic import Queue
+
+# Queue arguments RabbitMQ compares when a queue is redeclared; other x- arguments are kept as given.
+EQUIVALENCE_ARGS = (
+    "x-expires",
+    "x-message-ttl",
+    "x-dead-letter-exchange",
+    "x-dead-letter-routing-key",
+    "x-max-length",
+    "x-max-length-bytes",
+    "x-max-priority",
+    "x-overflow",
+    "x-queue-mode",
+    "x-queue-type",
+    "x-single-active-consumer",
+    "x-delivery-limit",
+)
+
+PREDECLARED = (
+    ("amq.direct", "direct"),
+    ("amq.fanout", "fanout"),
+    ("amq.topic", "topic"),
+    ("amq.headers", "headers"),
+    ("amq.match", "headers"),
+)
+
+
+def _amqp_bool(value: bool) -> str:
+    return "true" if value else "false"
+
+
+def _type_name(value: Any) -> str:
+    """RabbitMQ's name for a field-table value's type, as used in its inequivalence texts."""
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, int):
+        return "signedint" if -(2**31) <= value < 2**31 else "long"
+    if isinstance(value, str):
+        return "longstr"
+    if isinstance(value, float):
+        return "double"
+    if isinstance(value, dict):
+        return "table"
+    if isinstance(value, list):
+        return "array"
+    return type(value).__name__
+
+
+def _describe_value(value: Any) -> str:
+    if value is None:
+        return "none"
+    return f"the value '{value}' of type '{_type_name(value)}'"
+
+
+class VirtualHost:
+    def __init__(self, name: str = "/", schedule: Callable[[Callable[[], None]], Any] | None = None) -> None:
+        self.name = name
+        self.exchanges: dict[str, Exchange] = {}
+        self.queues: dict[str, Queue] = {}
+        self._schedule = schedule or (lambda fn: fn())
+        self._reached: set[Any] = set()  # scratch set reused by publish (one publish at a time)
+        self.exchanges[""] = EXCHANGE_TYPES["direct"]("", durable=True)
+        for name_, kind in PREDECLARED:
+            self.exchanges[name_] = EXCHANGE_TYPES[kind](name_, durable=True)
+
+    # -- exchanges -----------------------------------------------------------------------------
+
+    def _exchange_text(self, name: str) -> str:
+        return f"exchange '{name}' in vhost '{self.name}'"
+
+    def get_exchange(self, name: str) -> Exchange:
+        exchange = self.exchanges.get(name)
+        if exchange is None:
+            raise NotFound(f"no {self._exchange_text(name)}")
+        return exchange
+
+    def declare_exchange(
+        self,
+        name: str,
+        kind: str,
+        *,
+        passive: bool = False,
+        durable: bool = False,
+        auto_delete: bool = False,
+        internal: bool = False,
+        arguments: dict[str, Any] | None = None,
+    ) -> Exchange:
+        if passive:
+            return self.get_exchange(name)
+        if name.startswith("amq.") and name not in self.exchanges:
+            raise AccessRefused(f"exchange name '{name}' contains reserved prefix 'amq.*'")
+        existing = self.exchanges.get(name)
+        if existing is not None:
+            for arg, received, current in (
+                ("type", kind, existing.TYPE),
+                ("durable", durable, existing.durable),
+                ("auto_delete", auto_delete, existing.auto_delete),
+                ("internal", internal, existing.internal),
+            ):
+                if received != current:
+                    shown = (received, current) if arg == "type" else map(_amqp_bool, (received, current))
+                    got, now = shown
+                    raise PreconditionFailed(
+                        f"inequivalent arg '{arg}' for {self._exchange_text(name)}: "
+                        f"received '{got}' but current is '{now}'"
+                    )
+            return existing
+        if name == "":
+            raise AccessRefused("operation not permitted on the default exchange")
+        cls = EXCHANGE_TYPES.get(kind)
+        if cls is None:
+            raise CommandInvalid(f"invalid exchange type '{kind}'")
+        exchange = cls(name, durable=durable, auto_delete=auto_delete, internal=internal, arguments=arguments)
+        self.exchanges[name] = exchange
+        return exchange
+
+    def delete_exchange(self, name: str, *, if_unused: bool = False) -> None:
+        if name == "" or name.startswith("amq."):
+            raise AccessRefused(f"operation not permitted on {self._exchange_text(name)}")
+        exchange = self.exchanges.get(name)
+        if exchange is None:
+            return  # RabbitMQ: deleting a missing exchange succeeds
+        if if_unused and not exchange.is_unused():
+            raise PreconditionFailed(f"{self._exchange_text(name)} in use")
+        self._remove_exchange(exchange)
+
+    def _remove_exchange(self, exchange: Exchange) -> None:
+        del self.exchanges[exchange.name]
+        for other in list(self.exchanges.values()):
+            if other.unbind_all(exchange):
+                self._maybe_auto_delete(other)
+
+    def _maybe_auto_delete(self, exchange: Exchange) -> None:
+        if exchange.auto_delete and exchange.is_unused() and self.exchanges.get(exchange.name) is exchange:
+            self._remove_exchange(exchange)
+
+    # -- queues --------------------------------------------------------------------------------
+
+    def new_queue_name(self) -> str:
+        return "amq.gen-" + base64.urlsafe_b64encode(os.urandom(16)).decode().rstrip("=")
+
+    def _check_owner(self, queue: Queue, owner: Any) -> None:
+        if queue.exclusive_owner is not None and queue.exclusive_owner is not owner:
+            raise ResourceLocked(
+                f"cannot obtain exclusive access to locked {queue.describe()}. It could be originally "
+                "declared on another connection or the exclusive property value does not match that "
+                "of the original declaration."
+            )
+
+    def get_queue(self, name: str, owner: Any = None) -> Queue:
+        queue = self.queues.get(name)
+        if queue is None:
+            raise NotFound(f"no queue '{name}' in vhost '{self.name}'")
+        self._check_owner(queue, owner)
+        return queue
+
+    def declare_queue(
+        self,
+        name: str,
+        owner: Any,
+        *,
+        passive: bool = False,
+        durable: bool = False,
+        exclusive: bool = False,
+        auto_delete: bool = False,
+        arguments: dict[str, Any] | None = None,
+    ) -> Queue:
+        if passive:
+            return self.get_queue(name, owner)
+        if name.startswith("amq.") and name not in self.queues:
+            raise AccessRefused(f"queue name '{name}' contains reserved prefix 'amq.*'")
+        arguments = arguments or {}
+        existing = self.queues.get(name)
+        if existing is not None:
+            self._check_owner(existing, owner)
+            if exclusive != existing.exclusive:
+                self._check_owner(existing, None if exclusive else object())
+            self._check_equivalent(existing, durable, auto_delete, arguments)
+            return existing
+        queue = Queue(
+            name,
+            self.name,
+            durable=durable,
+            exclusive_owner=owner if exclusive else None,
+            auto_delete=auto_delete,
+            arguments=arguments,
+            schedule=self._schedule,
+            on_unused=self._auto_delete_queue,
+        )
+        self.queues[name] = queue
+        return queue
+
+    def _check_equivalent(self, queue: Queue, durable: bool, auto_delete: bool, args: dict[str, Any]) -> None:
+        for arg, received, current in (
+            ("durable", durable, queue.durable),
+            ("auto_delete", auto_delete, queue.auto_delete),
+        ):
+            if received != current:
+                raise PreconditionFailed(
+                    f"inequivalent arg '{arg}' for {queue.describe()}: "
+                    f"received '{_amqp_bool(received)}' but current is '{_amqp_bool(current)}'"
+                )
+        for arg in EQUIVALENCE_ARGS:
+            received, current = args.get(arg), queue.arguments.get(arg)
+            if received != current:  # ints compare by value, whatever width the client chose
+                raise PreconditionFailed(
+                    f"inequivalent arg '{arg}' for {queue.describe()}: "
+                    f"received {_describe_value(received)} but current is {_describe_value(current)}"
+                )
+
+    def delete_queue(self, name: str, owner: Any, *, if_unused: bool = False, if_empty: bool = False) -> int:
+        queue = self.queues.get(name)
+        if queue is None:
+            return 0  # RabbitMQ: deleting a missing queue succeeds with message-count 0
+        self._check_owner(queue, owner)
+        if if_unused and queue.consumers:
+            raise PreconditionFailed(f"{queue.describe()} in use")
+        if if_empty and queue.ready:
+            raise PreconditionFailed(f"{queue.describe()} not empty")
+        return self._remove_queue(queue)
+
+    def _remove_queue(self, queue: Queue) -> int:
+        if self.queues.get(queue.name) is queue:
+            del self.queues[queue.name]
+        for exchange in list(self.exchanges.values()):
+            if exchange.unbind_all(queue):
+                self._maybe_auto_delete(exchange)
+        return queue.delete()
+
+    def _auto_delete_queue(self, queue: Queue) -> None:
+        self._remove_queue(queue)
+
+    def purge_queue(self, name: str, owner: Any) -> int:
+        return self.get_queue(name, owner).purge()
+
+    def owner_closed(self, owner: Any) -> None:
+        """A connection went away: its exclusive queues go with it."""
+        for queue in [q for q in self.queues.values() if q.exclusive_owner is owner]:
+            self._remove_queue(queue)
+
+    # -- bindings ------------------------------------------------------------------------------
+
+    def _bindable_source(self, name: str) -> Exchange:
+        if name == "":
+            raise AccessRefused("operation not permitted on the default exchange")
+        return self.get_exchange(name)
+
+    def bind_queue(self, queue_name: str, exchange_name: str, routing_key: str,
+                   arguments: dict[str, Any] | None, owner: Any) -> None:
+        queue = self.get_queue(queue_name, owner)
+        self._bindable_source(exchange_name).bind(queue, routing_key, arguments or {})
+
+    def unbind_queue(self, queue_name: str, exchange_name: str, routing_key: str,
+                     arguments: dict[str, Any] | None, owner: Any) -> None:
+        queue = self.get_queue(queue_name, owner)
+        exchange = self._bindable_source(exchange_name)
+        exchange.unbind(queue, routing_key, arguments or {})
+        self._maybe_auto_delete(exchange)
+
+    def bind_exchange(self, destination: str, source: str, routing_key: str,
+                      arguments: dict[str, Any] | None) -> None:
+        dest = self._bindable_source(destination)
+        self._bindable_source(source).bind(dest, routing_key, arguments or {})
+
+    def unbind_exchange(self, destination: str, source: str, routing_key: str,
+                        arguments: dict[str, Any] | None) -> None:
+        dest = self._bindable_source(destination)
+        src = self._bindable_source(source)
+        src.unbind(dest, routing_key, arguments or {})
+        self._maybe_auto_delete(src)
+
+    # -- publishing ----------------------------------------------------------------------------
+
+    def route(self, exchange: Exchange, message: Message) -> list[Queue]:
+        """The queues a message published to ``exchange`` reaches, each once."""
+        routing_key = message.routing_key
+        if exchange.name == "":
+            queue = self.queues.get(routing_key)
+            return [queue] if queue is not None else []
+        reached = self._reached
+        reached.clear()
+        exchange.route(routing_key, message.headers if exchange.NEEDS_HEADERS else None, reached)
+        if not reached:
+            return []
+        queues = [d for d in reached if type(d) is Queue]
+        if len(queues) == len(reached):
+            return queues
+        # Exchange-to-exchange bindings: breadth-first, each exchange visited once.
+        visited: set[Any] = {exchange}
+        pending = [d for d in reached if type(d) is not Queue]
+        found: set[Queue] = set(queues)
+        while pending:
+            hop = pending.pop()
+            if hop in visited:
+                continue
+            visited.add(hop)
+            out: set[Any] = set()
+            hop.route(routing_key, message.headers if hop.NEEDS_HEADERS else None, out)
+            for dest in out:
+                if type(dest) is Queue:
+                    found.add(dest)
+                elif dest not in visited:
+                    pending.append(dest)
+        return list(found)
+
+    def publish(self, exchange_name: str, message: Message) -> int:
+        """Route and enqueue; returns how many queues took the message."""
+        exchange = self.exchanges.get(exchange_name)
+        if exchange is None:
+            raise NotFound(f"no {self._exchange_text(exchange_name)}")
+        if exchange.internal:
+            raise AccessRefused(f"cannot publish to internal {self._exchange_text(exchange_name)}")
+        queues = self.route(exchange, message)
+        for queue in queues:
+            queue.push(message)
+        return len(queues)
