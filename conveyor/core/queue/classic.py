@@ -7,6 +7,9 @@ A message handed to a consumer that must ack leaves ``ready`` and is counted in 
 consumer's front-end remembers it and later calls ``ack`` (gone for good) or ``requeue`` (back into
 ``ready`` at its original position, ahead of newer messages, with ``redelivered`` set).
 
+Consumers are served by priority (``x-priority``, default 0): a lower-priority consumer gets a
+message only when every higher-priority one is out of credit; equals share round-robin.
+
 Delivery is a *pump*: a callback scheduled once (``schedule`` is the event loop's ``call_soon`` in
 the server, a plain list in unit tests) whenever there may be work — a publish, a new consumer,
 credit coming back. One pump run delivers up to ``PUMP_BUDGET`` messages round-robin among the
@@ -139,7 +142,11 @@ class Queue:
             raise NotFound(f"no {self.describe()}")
         if self.consumers and (consumer.exclusive or any(c.exclusive for c in self.consumers)):
             raise AccessRefused(f"{self.describe()} in exclusive use")
-        self.consumers.append(consumer)
+        # Kept sorted by descending priority (stable: equal priorities keep arrival order).
+        index = len(self.consumers)
+        while index and self.consumers[index - 1].priority < consumer.priority:
+            index -= 1
+        self.consumers.insert(index, consumer)
         self._had_consumer = True
         self.wake()
 
@@ -157,20 +164,33 @@ class Queue:
             self._pump_scheduled = True
             self._schedule(self._pump)
 
+    def _pick(self) -> Consumer | None:
+        """The next consumer with credit: highest priority first, round-robin among equals."""
+        consumers = self.consumers
+        count = len(consumers)
+        start = 0
+        while start < count:
+            priority = consumers[start].priority
+            end = start + 1
+            while end < count and consumers[end].priority == priority:
+                end += 1
+            width = end - start
+            first = self._rr % width
+            for step in range(width):
+                consumer = consumers[start + (first + step) % width]
+                if consumer.can_deliver():
+                    self._rr = first + step + 1
+                    return consumer
+            start = end
+        return None
+
     def _pump(self) -> None:
         self._pump_scheduled = False
         ready = self.ready
-        consumers = self.consumers
         budget = PUMP_BUDGET
-        while ready and budget and consumers:
-            count = len(consumers)
-            start = self._rr % count
-            for step in range(count):
-                consumer = consumers[(start + step) % count]
-                if consumer.can_deliver():
-                    self._rr = start + step + 1
-                    break
-            else:
+        while ready and budget:
+            consumer = self._pick()
+            if consumer is None:
                 return  # nobody has credit; an ack or qos change calls wake()
             entry = ready.popleft()
             entry.delivery_count += 1
@@ -178,7 +198,7 @@ class Queue:
                 self.unacked += 1
             consumer.deliver(entry)
             budget -= 1
-        if ready and consumers and not budget:
+        if ready and self.consumers and not budget:
             self._pump_scheduled = True
             self._schedule(self._pump)
 

@@ -1,0 +1,1 @@
+"""Persistence behind typing.Protocol interfaces (api.py); memory.py is the transient implementation."""

@@ -1,0 +1,49 @@
+"""The store contract: what queues and the broker need from persistence.
+
+The core owns the stores, not the protocol: a durable queue holds a ``MessageStore`` and writes a
+persistent message to it when the message is enqueued, deletes it when the message is acked, and
+reads it back on recovery. A front-end never sees a store. So a new implementation (segment files
+on local disk next, a shared database later) plugs in here without touching ``amqp/``.
+
+Contract, for every implementation (tests run the same suite against each):
+* ``append`` returns a ``Position`` that stays valid until ``delete(position)``; positions of one store
+  increase in append order, so recovery yields messages in their original order.
+* ``delete`` is idempotent for a known position.
+* ``sync(callback)`` calls ``callback`` once everything appended before the call is durable (at
+  once for the memory store). Publisher confirms for persistent messages wait on it.
+* ``recover`` yields the messages that were appended and not deleted, in order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any, NamedTuple, Protocol
+
+from conveyor.core.message import Message
+
+
+class Position(NamedTuple):
+    segment: int
+    offset: int
+
+
+class MessageStore(Protocol):
+    def append(self, message: Message) -> Position: ...
+    def delete(self, position: Position) -> None: ...
+    def read(self, position: Position) -> Message: ...
+    def sync(self, callback: Callable[[], None]) -> None: ...
+    def recover(self) -> Iterator[tuple[Position, Message]]: ...
+    def close(self) -> None: ...
+
+    @property
+    def count(self) -> int: ...
+
+
+class DefinitionStore(Protocol):
+    """Durable topology: vhosts, users, permissions, exchanges, queues, bindings, policies.
+
+    The document is RabbitMQ's definitions JSON shape, so export/import share the serialisation.
+    """
+
+    def load(self) -> dict[str, Any]: ...
+    def save(self, definitions: dict[str, Any]) -> None: ...
