@@ -84,6 +84,7 @@ class Channel:
         self.publish_seq = 0
         self.confirmed_upto = 0  # confirms are sent in batches by Session.flush_confirms
         self.tx: list[tuple[Any, ...]] | None = None  # pending publishes/acks in tx mode
+        self.tx_settled: set[int] = set()  # tags settled in the open transaction (a second settle is an error)
 
     # -- delivery settlement -------------------------------------------------------------------
 
@@ -94,7 +95,7 @@ class Channel:
                 taken = list(unacked.values())
                 unacked.clear()
                 return taken
-            if delivery_tag not in unacked and (not unacked or next(iter(unacked)) > delivery_tag):
+            if delivery_tag not in unacked:  # RabbitMQ requires the exact tag, even with multiple
                 raise SoftError(spec.PRECONDITION_FAILED, f"unknown delivery tag {delivery_tag}")
             taken = []
             while unacked:

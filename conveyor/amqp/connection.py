@@ -34,7 +34,7 @@ from typing import Any, Protocol
 
 from conveyor.amqp import spec
 from conveyor.amqp.errors import HardError, reply_for, reply_text
-from conveyor.amqp.framing import HEARTBEAT_FRAME, PROTOCOL_HEADER, FrameBuffer, FrameError, encode_frame
+from conveyor.amqp.framing import HEARTBEAT_FRAME, PROTOCOL_HEADER, FrameBuffer, encode_frame
 from conveyor.amqp.values import DecodeError, decode_table
 
 log = logging.getLogger("conveyor.amqp")
@@ -103,6 +103,7 @@ class Connection:
         self.user = ""
         self.vhost = ""
         self.close_reason: str = ""
+        self.peer_closes_socket = False
         self.channels: dict[int, _Channel] = {}
         self._frames = FrameBuffer(max(frame_max, spec.FRAME_MIN_SIZE))
         self._header = b""
@@ -177,14 +178,8 @@ class Connection:
             self._send_start()
             if not data:
                 return
-        try:
-            frames = self._frames.feed(data)
-        except FrameError as exc:
-            frames = None
-            error: FrameError | None = exc
-        else:
-            error = None
-        for frame_type, channel, payload in frames or ():
+        frames = self._frames.feed(data)
+        for frame_type, channel, payload in frames:
             if self.state == CLOSED:
                 return
             self._current = None
@@ -192,7 +187,8 @@ class Connection:
                 self._frame(frame_type, channel, payload)
             except Exception as exc:  # the one mapping point
                 self.fail(channel, exc)
-        if error is not None and self.state != CLOSED:
+        error = self._frames.error
+        if error is not None and self.state not in (CLOSING, CLOSED):
             self._close_connection(error.reply_code, reply_text(error.reply_code, error.reply_text), 0, 0)
 
     def _refuse_header(self) -> None:
@@ -311,8 +307,13 @@ class Connection:
         self.handler.content(channel, method, properties, body)
 
     def _open_channel(self, channel: int) -> None:
-        if channel > self.channel_max:
-            raise HardError(spec.CHANNEL_ERROR, f"channel id {channel} exceeds channel_max {self.channel_max}")
+        # RabbitMQ limits how many channels are open at once, not the channel ids used.
+        if self.channel_max and len(self.channels) >= self.channel_max:
+            raise HardError(
+                spec.NOT_ALLOWED,
+                f"number of channels opened ({len(self.channels)}) has reached the negotiated "
+                f"channel_max ({self.channel_max})",
+            )
         self.channels[channel] = _Channel()
         self.handler.channel_opened(channel)
         self.send_method(channel, spec.ChannelOpenOk())
@@ -329,8 +330,10 @@ class Connection:
             return
         if isinstance(method, spec.ConnectionClose):
             self.close_reason = f"client closed: {method.reply_code} {method.reply_text}".strip()
+            self._drop_channels()
             self.send_method(0, spec.ConnectionCloseOk())
             self.state = CLOSED
+            self.peer_closes_socket = True  # as RabbitMQ: the client, having close-ok, closes the TCP socket
             return
         if state == START_SENT and isinstance(method, spec.ConnectionStartOk):
             self._start_ok(method)
@@ -426,10 +429,19 @@ class Connection:
         if self.state in (AWAIT_HEADER, CLOSED):
             self.state = CLOSED
             return
+        self._drop_channels()
         self.send_method(
             0, spec.ConnectionClose(reply_code=code, reply_text=text, class_id=class_id, method_id=method_id)
         )
         self.state = CLOSING
+
+    def _drop_channels(self) -> None:
+        """The connection is closing: every channel ends now, so no delivery goes out to a client
+        that would discard it (its unacked messages are requeued at once, not when the socket drops)."""
+        channels = list(self.channels)
+        self.channels.clear()
+        for channel in channels:
+            self.handler.channel_closed(channel)
 
     def close(self, code: int = spec.CONNECTION_FORCED, text: str = "broker forced connection closure") -> None:
         """Server-initiated close, e.g. at shutdown."""
@@ -465,12 +477,15 @@ def _decode(payload: bytes) -> spec.Method:
 def decode_headers(properties: bytes) -> dict[str, Any] | None:
     """The headers table from raw basic properties (the core's lazy decoder)."""
     # Fast path: headers are the third property (flag 0x2000); skip content-type/encoding.
-    flags = (properties[0] << 8) | properties[1]
-    if not flags & 0x2000:
-        return None
-    off = 2
-    for bit in (0x8000, 0x4000):
-        if flags & bit:
-            off += 1 + properties[off]
-    table, _ = decode_table(properties, off)
+    try:
+        flags = (properties[0] << 8) | properties[1]
+        if not flags & 0x2000:
+            return None
+        off = 2
+        for bit in (0x8000, 0x4000):
+            if flags & bit:
+                off += 1 + properties[off]
+        table, _ = decode_table(properties, off)
+    except IndexError as exc:
+        raise DecodeError("content header properties run past the end of the frame") from exc
     return table

@@ -9,6 +9,7 @@ error closes the channel, a hard one the connection. The text carries RabbitMQ's
 from __future__ import annotations
 
 from conveyor.amqp import spec
+from conveyor.amqp.values import DecodeError
 from conveyor.core import errors as core
 
 _CORE_CODES: dict[type[core.CoreError], int] = {
@@ -44,11 +45,12 @@ class HardError(AMQPError):
 
 
 def reply_text(code: int, text: str) -> str:
-    """RabbitMQ's reply text: the constant's name, a dash, the explanation (≤ 255 bytes)."""
+    """RabbitMQ's reply text: the constant's name, a dash, the explanation; past 255 bytes (a
+    short string's limit) cut to 252 and marked with "...", as RabbitMQ does."""
     full = f"{spec.REPLY_NAMES.get(code, 'INTERNAL_ERROR')} - {text}"
     raw = full.encode("utf-8", "surrogateescape")
     if len(raw) > 255:
-        full = raw[:255].decode("utf-8", "ignore")
+        full = raw[:252].decode("utf-8", "ignore") + "..."
     return full
 
 
@@ -56,6 +58,8 @@ def reply_for(exc: BaseException) -> tuple[int, str, bool] | None:
     """``(code, text, hard)`` for a known error, or None for an internal bug (541)."""
     if isinstance(exc, AMQPError):
         return exc.reply_code, reply_text(exc.reply_code, exc.text), exc.hard
+    if isinstance(exc, DecodeError):  # e.g. a malformed headers table decoded lazily while routing
+        return spec.SYNTAX_ERROR, reply_text(spec.SYNTAX_ERROR, str(exc)), True
     if isinstance(exc, core.CoreError):
         for cls in type(exc).__mro__:
             code = _CORE_CODES.get(cls)  # type: ignore[arg-type]

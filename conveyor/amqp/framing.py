@@ -6,7 +6,8 @@ takes whatever bytes the transport delivered, in any split, and returns every co
 compacted once per ``feed`` rather than once per frame.
 
 The size check happens as soon as the 7-byte frame header is in, so a peer announcing a 4 GiB frame
-is refused before we buffer any of it.
+is refused before we buffer any of it. A framing error does not raise: the frames before it are
+returned, ``error`` is set, and the buffer accepts nothing more (the connection is to be closed).
 """
 
 from __future__ import annotations
@@ -33,16 +34,19 @@ class FrameError(Exception):
 class FrameBuffer:
     """Reassembles frames from a byte stream split anywhere."""
 
-    __slots__ = ("_buf", "frame_max")
+    __slots__ = ("_buf", "error", "frame_max")
 
     def __init__(self, frame_max: int) -> None:
         self._buf = bytearray()
+        self.error: FrameError | None = None
         self.frame_max = frame_max  # the largest whole frame allowed, header and end octet included
 
     def __len__(self) -> int:
         return len(self._buf)
 
     def feed(self, data: bytes) -> list[tuple[int, int, bytes]]:
+        if self.error is not None:
+            return []
         buf: bytes | bytearray
         if self._buf:
             self._buf += data
@@ -57,19 +61,23 @@ class FrameBuffer:
         while available - off >= 7:
             frame_type, channel, size = unpack(buf, off)
             if size > size_limit:
-                raise FrameError(
+                self.error = FrameError(
                     spec.FRAME_ERROR,
                     f"type {frame_type}, first 16 octets = {bytes(buf[off:off + 16])!r}: "
                     f"{{frame_too_large,{size},{size_limit}}}",
                 )
+                break
             end = off + 7 + size
             if end >= available:
                 break
             if buf[end] != 0xCE:
-                raise FrameError(spec.FRAME_ERROR, f"type {frame_type}, frame end octet missing")
+                self.error = FrameError(spec.FRAME_ERROR, f"type {frame_type}, frame end octet missing")
+                break
             frames.append((frame_type, channel, bytes(buf[off + 7 : end])))
             off = end + 1
-        if buf is self._buf:
+        if self.error is not None:
+            self._buf = bytearray()
+        elif buf is self._buf:
             del self._buf[:off]
         elif off < available:
             self._buf += memoryview(data)[off:]

@@ -107,7 +107,11 @@ class AMQPProtocol(asyncio.Protocol):
             transport.writelines(out)
         state = self.conn.state
         if state == amqp_connection.CLOSED:
-            transport.close()
+            if not self.conn.peer_closes_socket:
+                transport.close()
+            elif not self._close_timer_armed:
+                self._close_timer_armed = True
+                self._arm(CLOSE_TIMEOUT, self._abort)
         elif state == amqp_connection.CLOSING and not self._close_timer_armed:
             self._close_timer_armed = True
             self._arm(CLOSE_TIMEOUT, self._abort)

@@ -20,6 +20,7 @@ from conveyor.core.message import Message
 from conveyor.core.vhost import VirtualHost
 
 _NO_ROUTE = "NO_ROUTE"
+_USER_ID_FLAG = 0x10  # basic property flag bit of user-id (in the low byte of the flags word)
 
 
 class Session:
@@ -121,11 +122,8 @@ class Session:
     # -- queue ---------------------------------------------------------------------------------
 
     def _queue_declare(self, channel: Channel, m: spec.QueueDeclare) -> None:
-        name = m.queue
-        if not name:
-            name = self._queue_name(channel, name) if m.passive else self.vhost.new_queue_name()
-        queue = self.vhost.declare_queue(
-            name, self, passive=m.passive, durable=m.durable, exclusive=m.exclusive,
+        queue = self.vhost.declare_queue(  # "" is a new server-named queue, never the last one declared
+            m.queue, self, passive=m.passive, durable=m.durable, exclusive=m.exclusive,
             auto_delete=m.auto_delete, arguments=m.arguments,
         )
         channel.last_queue = queue.name
@@ -210,6 +208,13 @@ class Session:
     def _publish(self, channel: Channel, m: spec.BasicPublish, properties: bytes, body: bytes) -> None:
         if m.immediate:
             raise HardError(spec.NOT_IMPLEMENTED, "immediate=true")
+        if len(properties) > 1 and properties[1] & _USER_ID_FLAG:
+            user_id = spec.BasicProperties.decode(properties).user_id
+            if user_id != self.conn.user:
+                raise SoftError(
+                    spec.PRECONDITION_FAILED,
+                    f"user_id property set to '{user_id}' but authenticated user was '{self.conn.user}'",
+                )
         message = Message(m.exchange, m.routing_key, properties, body, decoder=decode_headers)
         if channel.tx is not None:
             self.vhost.get_exchange(m.exchange)  # a missing exchange fails now, not at commit
@@ -241,8 +246,9 @@ class Session:
 
     def _settle(self, channel: Channel, tag: int, multiple: bool, requeue: bool | None) -> None:
         if channel.tx is not None:
-            if not multiple and tag not in channel.unacked:
+            if not multiple and (tag not in channel.unacked or tag in channel.tx_settled):
                 raise SoftError(spec.PRECONDITION_FAILED, f"unknown delivery tag {tag}")
+            channel.tx_settled.add(tag)
             channel.tx.append(("settle", tag, multiple, requeue))
             return
         channel.settle(tag, multiple, requeue)
@@ -278,6 +284,7 @@ class Session:
         if channel.tx is None:
             raise SoftError(spec.PRECONDITION_FAILED, "channel is not transactional")
         pending, channel.tx = channel.tx, []
+        channel.tx_settled.clear()
         for item in pending:
             if item[0] == "publish":
                 self._route(channel, item[1], item[2])
@@ -289,6 +296,7 @@ class Session:
         if channel.tx is None:
             raise SoftError(spec.PRECONDITION_FAILED, "channel is not transactional")
         channel.tx = []
+        channel.tx_settled.clear()
         self._reply(channel, spec.TxRollbackOk())
 
     # -- channel and access --------------------------------------------------------------------

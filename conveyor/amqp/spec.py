@@ -2590,7 +2590,8 @@ class BasicProperties:
         self.cluster_id = cluster_id
 
     def __repr__(self) -> str:
-        shown = ", ".join(f"{k}={getattr(self, k)!r}" for k in self.__slots__ if getattr(self, k) is not None)
+        present = (k for k in self.__slots__ if getattr(self, k) is not None)
+        shown = ", ".join(f"{k}={getattr(self, k)!r}" for k in present)
         return f"BasicProperties({shown})"
 
     def __eq__(self, other: object) -> bool:
@@ -2601,6 +2602,13 @@ class BasicProperties:
     @classmethod
     def decode(cls, buf: Any, off: int = 0) -> BasicProperties:
         """Decode property flags and the present properties, starting at ``off``."""
+        try:
+            return cls._decode(buf, off)
+        except (struct.error, IndexError) as exc:
+            raise DecodeError("content header properties run past the end of the frame") from exc
+
+    @classmethod
+    def _decode(cls, buf: Any, off: int) -> BasicProperties:
         self = cls.__new__(cls)
         (flags,) = _S_H.unpack_from(buf, off)
         off += 2

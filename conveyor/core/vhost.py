@@ -113,6 +113,8 @@ class VirtualHost:
         internal: bool = False,
         arguments: dict[str, Any] | None = None,
     ) -> Exchange:
+        if name == "":
+            raise AccessRefused("operation not permitted on the default exchange")
         if passive:
             return self.get_exchange(name)
         if name.startswith("amq.") and name not in self.exchanges:
@@ -133,18 +135,18 @@ class VirtualHost:
                         f"received '{got}' but current is '{now}'"
                     )
             return existing
-        if name == "":
-            raise AccessRefused("operation not permitted on the default exchange")
         cls = EXCHANGE_TYPES.get(kind)
         if cls is None:
-            raise CommandInvalid(f"invalid exchange type '{kind}'")
+            raise CommandInvalid(f"unknown exchange type '{kind}'")
         exchange = cls(name, durable=durable, auto_delete=auto_delete, internal=internal, arguments=arguments)
         self.exchanges[name] = exchange
         return exchange
 
     def delete_exchange(self, name: str, *, if_unused: bool = False) -> None:
-        if name == "" or name.startswith("amq."):
-            raise AccessRefused(f"operation not permitted on {self._exchange_text(name)}")
+        if name == "":
+            raise AccessRefused("operation not permitted on the default exchange")
+        if name.startswith("amq.") and name in self.exchanges:
+            raise AccessRefused(f"deletion of system {self._exchange_text(name)} not allowed")
         exchange = self.exchanges.get(name)
         if exchange is None:
             return  # RabbitMQ: deleting a missing exchange succeeds
@@ -193,9 +195,12 @@ class VirtualHost:
         auto_delete: bool = False,
         arguments: dict[str, Any] | None = None,
     ) -> Queue:
+        """Declare (or check) a queue; an empty name asks for a server-named ``amq.gen-`` queue."""
         if passive:
             return self.get_queue(name, owner)
-        if name.startswith("amq.") and name not in self.queues:
+        if not name:
+            name = self.new_queue_name()
+        elif name.startswith("amq.") and name not in self.queues:
             raise AccessRefused(f"queue name '{name}' contains reserved prefix 'amq.*'")
         arguments = arguments or {}
         existing = self.queues.get(name)
@@ -231,10 +236,11 @@ class VirtualHost:
         for arg in EQUIVALENCE_ARGS:
             received, current = args.get(arg), queue.arguments.get(arg)
             if received != current:  # ints compare by value, whatever width the client chose
-                raise PreconditionFailed(
-                    f"inequivalent arg '{arg}' for {queue.describe()}: "
-                    f"received {_describe_value(received)} but current is {_describe_value(current)}"
-                )
+                if received is not None and current is not None:
+                    shown = f"received '{received}' but current is '{current}'"
+                else:
+                    shown = f"received {_describe_value(received)} but current is {_describe_value(current)}"
+                raise PreconditionFailed(f"inequivalent arg '{arg}' for {queue.describe()}: {shown}")
 
     def delete_queue(self, name: str, owner: Any, *, if_unused: bool = False, if_empty: bool = False) -> int:
         queue = self.queues.get(name)
