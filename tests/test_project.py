@@ -24,7 +24,9 @@ def test_ruff_clean() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-FORBIDDEN_IN_CORE = ("conveyor.amqp", "conveyor.http", "conveyor.sqs", "conveyor.kafka", "conveyor.store.segments", "asyncio")
+FORBIDDEN_IN_CORE = (
+    "conveyor.amqp", "conveyor.http", "conveyor.sqs", "conveyor.kafka", "conveyor.store.segments", "asyncio",
+)
 
 
 def test_core_imports_no_front_end() -> None:

@@ -44,6 +44,7 @@ AWAIT_HEADER, START_SENT, TUNE_SENT, TUNED, OPEN, CLOSING, CLOSED = range(7)
 _CONTENT_HEADER = struct.Struct("!HHQ")
 _FRAME_HEADER = struct.Struct("!BHI")
 _FRAME_END = b"\xce"
+_KNOWN_FRAME_TYPES = frozenset({spec.FRAME_METHOD, spec.FRAME_HEADER, spec.FRAME_BODY, spec.FRAME_HEARTBEAT})
 
 
 class Handler(Protocol):
@@ -206,15 +207,20 @@ class Connection:
         )
 
     def _frame(self, frame_type: int, channel: int, payload: bytes) -> None:
+        # Reply texts below are RabbitMQ's, Erlang-isms included, since clients and tests match them.
         if frame_type == spec.FRAME_HEARTBEAT:
             if channel != 0:
-                raise HardError(spec.FRAME_ERROR, f"heartbeat frame on channel {channel}")
+                raise HardError(spec.UNEXPECTED_FRAME, "type 8, all octets = <<>>")
             return
+        if frame_type not in _KNOWN_FRAME_TYPES:
+            raise HardError(spec.FRAME_ERROR, f"type {frame_type}, all octets = <<>>: unknown_frame")
         if channel == 0:
             if frame_type != spec.FRAME_METHOD:
-                raise HardError(spec.UNEXPECTED_FRAME, f"expected method frame on channel 0, got type {frame_type}")
+                raise HardError(spec.UNEXPECTED_FRAME, "expected method frame, got non method frame instead")
             method = _decode(payload)
             self._current = method
+            if method.CLASS_ID != spec.ConnectionStart.CLASS_ID and self.state == OPEN:
+                raise HardError(spec.CHANNEL_ERROR, "unexpected method in connection state running")
             self._connection_method(method)
             return
         if self.state != OPEN:
@@ -225,6 +231,7 @@ class Connection:
         if state is None:
             if frame_type == spec.FRAME_METHOD:
                 method = _decode(payload)
+                self._current = method
                 if isinstance(method, spec.ChannelOpen):
                     self._open_channel(channel)
                     return

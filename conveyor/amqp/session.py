@@ -55,7 +55,7 @@ class Session:
     def method(self, channel: int, method: spec.Method) -> None:
         handler = _HANDLERS.get(type(method))
         if handler is None:
-            raise HardError(spec.COMMAND_INVALID, f"unimplemented method {method.NAME}")
+            raise HardError(spec.COMMAND_INVALID, "unimplemented method")
         handler(self, self.channels[channel], method)
 
     def content(self, channel: int, method: spec.Method, properties: bytes, body: bytes) -> None:

@@ -246,6 +246,18 @@ def conn(broker: Broker) -> Iterator[pika.BlockingConnection]:
 
 @pytest.fixture
 def ch(conn: pika.BlockingConnection):
+    """A channel in confirm mode: each basic_publish returns once the broker has taken the message.
+
+    RabbitMQ hands publishes to queues asynchronously, so without confirms a count or basic.get right after
+    a publish can race. Tests that need a plain channel (tx, raw returns) use ``conn.channel()``.
+    """
+    chan = conn.channel()
+    chan.confirm_delivery()
+    return chan
+
+
+@pytest.fixture
+def plain_ch(conn: pika.BlockingConnection):
     return conn.channel()
 
 
@@ -284,10 +296,19 @@ def longstr(s: str | bytes) -> bytes:
     return struct.pack("!I", len(b)) + b
 
 
-def table(items: dict[str, str] | None = None) -> bytes:
+def table(items: dict | None = None) -> bytes:
+    """Encode a field table of str / bytes / bool / int / nested dict values."""
     body = b""
     for k, v in (items or {}).items():
-        body += shortstr(k) + b"S" + longstr(v)
+        body += shortstr(k)
+        if isinstance(v, bool):
+            body += b"t" + bytes([v])
+        elif isinstance(v, int):
+            body += b"l" + struct.pack("!q", v)
+        elif isinstance(v, dict):
+            body += b"F" + table(v)
+        else:
+            body += b"S" + longstr(v)
     return struct.pack("!I", len(body)) + body
 
 
@@ -518,3 +539,10 @@ def wire():
         frame=frame,
         method_frame=method_frame,
     )
+
+
+# Behaviour that arrives with a later issue (queue features: TTL, dead-lettering, limits). The test
+# runs and must fail on Conveyor until then (strict xfail), and must pass against RabbitMQ.
+later_queue_feature = pytest.mark.xfail(
+    not os.environ.get("CONVEYOR_TEST_URL"), reason="queue features (TTL, dead-lettering) come later", strict=True
+)

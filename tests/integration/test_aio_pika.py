@@ -54,7 +54,14 @@ def test_ack_nack_reject(broker, names):
             await m1.ack()
             await m2.nack(requeue=True)
             await m3.reject(requeue=False)
-            again = await queue.get(timeout=5)
+            # RabbitMQ requeues asynchronously: a basic.get right after the nack may find nothing yet
+            again = None
+            for _ in range(500):
+                again = await queue.get(timeout=5, fail=False)
+                if again is not None:
+                    break
+                await asyncio.sleep(0.01)
+            assert again is not None
             await again.ack()
             empty = await queue.get(timeout=5, fail=False)
             return again.body, again.redelivered, empty

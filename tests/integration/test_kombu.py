@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import time
 
@@ -13,6 +14,7 @@ from kombu import Consumer, Exchange, Producer, Queue
 
 def test_kombu_simple_queue(broker, names):
     q = names.queue()
+    names.exchanges.append(q)  # SimpleQueue declares a direct exchange named like the queue
     with kombu.Connection(broker.url, transport="pyamqp") as conn:
         sq = conn.SimpleQueue(q)
         try:
@@ -49,15 +51,14 @@ def test_kombu_producer_consumer_drain_events(broker, names):
         with Consumer(conn.channel(), queues=[queue], callbacks=[on_message], accept=["json"]):
             deadline = time.monotonic() + 5
             while len(received) < 2 and time.monotonic() < deadline:
-                try:
+                with contextlib.suppress(socket.timeout):
                     conn.drain_events(timeout=0.2)
-                except socket.timeout:
-                    pass
     assert received == [({"n": 1}, {"h": "v"}, "orders.new"), ({"n": 2}, {}, "orders.paid.card")]
 
 
 def test_kombu_requeue_and_reject(broker, names):
     q = names.queue()
+    names.exchanges.append(q)
     with kombu.Connection(broker.url) as conn:
         sq = conn.SimpleQueue(q)
         try:
@@ -109,10 +110,8 @@ def test_py_amqp_direct(broker, names):
         tag = ch.basic_consume(q, callback=cb)
         deadline = time.monotonic() + 5
         while not got and time.monotonic() < deadline:
-            try:
+            with contextlib.suppress(socket.timeout):
                 conn.drain_events(timeout=0.2)
-            except socket.timeout:
-                pass
         assert got == [b"\x00bin"]
         ch.basic_cancel(tag)
         assert ch.queue_delete(q) == 0

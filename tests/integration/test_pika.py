@@ -8,6 +8,7 @@ import uuid
 import pika
 import pika.exceptions as pex
 import pytest
+from conftest import later_queue_feature
 
 VHOST = "'/'"
 
@@ -19,6 +20,21 @@ def wait_until(conn, predicate, timeout: float = 5.0) -> bool:
             return False
         conn.process_data_events(time_limit=0.02)
     return True
+
+
+def settle(ch, queue: str, ready: int, timeout: float = 5.0) -> None:
+    """Wait until `queue` holds `ready` ready messages.
+
+    RabbitMQ requeues (nack/reject/recover/channel close) and routes publishes asynchronously to later
+    commands, so a count or basic.get right after one can race; Conveyor may well be synchronous.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        count = ch.queue_declare(queue, passive=True).method.message_count
+        if count == ready:
+            return
+        assert time.monotonic() < deadline, f"{queue}: {count} ready, expected {ready}"
+        ch.connection.process_data_events(time_limit=0.01)
 
 
 def _closed(excinfo) -> tuple[int, str]:
@@ -70,6 +86,7 @@ def test_declare_ok_counts_messages_and_consumers(conn, ch, names):
     assert ok.method.consumer_count == 1
     assert ok.method.message_count in (0, 3)
     ch2 = conn.channel()
+    ch2.confirm_delivery()
     q2 = names.queue()
     ch2.queue_declare(q2)
     for i in range(4):
@@ -413,7 +430,7 @@ def test_purge_keeps_unacked(ch, names):
     m, _, _ = ch.basic_get(q, auto_ack=False)
     assert ch.queue_purge(q).method.message_count == 2
     ch.basic_reject(m.delivery_tag, requeue=True)
-    assert ch.queue_declare(q, passive=True).method.message_count == 1
+    settle(ch, q, 1)
 
 
 def test_delete_returns_count(ch, names):
@@ -550,9 +567,8 @@ def test_no_properties_round_trip(ch, names):
 def test_wrong_user_id_is_406(ch, names):
     q = names.queue()
     ch.queue_declare(q)
-    ch.basic_publish("", q, b"x", pika.BasicProperties(user_id="mallory"))
     with pytest.raises(pex.ChannelClosedByBroker) as ei:
-        ch.queue_declare(q, passive=True)
+        ch.basic_publish("", q, b"x", pika.BasicProperties(user_id="mallory"))
     assert _closed(ei) == (
         406,
         "PRECONDITION_FAILED - user_id property set to 'mallory' but authenticated user was 'guest'",
@@ -578,6 +594,7 @@ def test_empty_body(ch, names):
     assert p.content_type == "text/plain"
 
 
+@later_queue_feature
 def test_expired_message_is_not_delivered(ch, names):
     q = names.queue()
     ch.queue_declare(q)
@@ -594,7 +611,6 @@ def test_expired_message_is_not_delivered(ch, names):
 def test_confirms(ch, names):
     q = names.queue()
     ch.queue_declare(q)
-    ch.confirm_delivery()
     for i in range(20):
         ch.basic_publish("", q, str(i).encode())  # raises if nacked
     ch.basic_publish("", q, b"mandatory-ok", mandatory=True)
@@ -604,7 +620,6 @@ def test_confirms(ch, names):
 def test_confirm_mandatory_unroutable_is_returned_before_ack(ch, names):
     x = names.exchange()
     ch.exchange_declare(x, "direct")
-    ch.confirm_delivery()
     # pika raises UnroutableError only if basic.return arrived before the basic.ack
     with pytest.raises(pex.UnroutableError) as ei:
         ch.basic_publish(x, "nobody", b"lost", pika.BasicProperties(message_id="m1"), mandatory=True)
@@ -619,7 +634,8 @@ def test_confirm_mandatory_unroutable_is_returned_before_ack(ch, names):
     ch.basic_publish(x, "nobody", b"dropped")
 
 
-def test_mandatory_return_without_confirms(conn, ch, names, pump):
+def test_mandatory_return_without_confirms(conn, plain_ch, names, pump):
+    ch = plain_ch
     returned = []
     ch.add_on_return_callback(lambda _ch, method, props, body: returned.append((method, body)))
     ch.basic_publish("", names.queue("missing"), b"back", mandatory=True)
@@ -701,6 +717,7 @@ def test_nack_requeue_sets_redelivered_and_keeps_order(ch, names):
     ch.basic_nack(got[2][0].delivery_tag, requeue=True)
     ch.basic_reject(got[1][0].delivery_tag, requeue=True)
     ch.basic_nack(got[0][0].delivery_tag, requeue=True)
+    settle(ch, q, 4)
     again = _drain_get(ch, q)
     assert [(b, m.redelivered) for m, _p, b in again] == [
         (b"m0", True), (b"m1", True), (b"m2", True), (b"newer", False),
@@ -713,7 +730,7 @@ def test_nack_multiple(ch, names):
     _publish_n(ch, q, 4)
     got = [ch.basic_get(q) for _ in range(4)]
     ch.basic_nack(got[2][0].delivery_tag, multiple=True, requeue=True)  # m0..m2 back; m3 still unacked
-    assert ch.queue_declare(q, passive=True).method.message_count == 3
+    settle(ch, q, 3)
     ch.basic_nack(got[3][0].delivery_tag, multiple=True, requeue=False)  # m3 dropped
     again = _drain_get(ch, q)
     assert [b for _m, _p, b in again] == [b"m0", b"m1", b"m2"]
@@ -729,6 +746,7 @@ def test_reject_without_requeue_drops(ch, names):
     assert [b for _m, _p, b in _drain_get(ch, q)] == [b"m1"]
 
 
+@later_queue_feature
 def test_reject_to_dead_letter_exchange(conn, ch, names):
     dlx = names.exchange("dlx")
     ch.exchange_declare(dlx, "fanout")
@@ -756,6 +774,7 @@ def test_basic_recover_requeue(ch, names):
     first = [ch.basic_get(q) for _ in range(2)]
     assert [b for _m, _p, b in first] == [b"m0", b"m1"]
     ch.basic_recover(requeue=True)
+    settle(ch, q, 3)
     again = _drain_get(ch, q)
     assert [(b, m.redelivered) for m, _p, b in again] == [(b"m0", True), (b"m1", True), (b"m2", False)]
 
@@ -769,6 +788,7 @@ def test_closing_channel_requeues_unacked_in_order(conn, names):
     c1.basic_ack(got[1][0].delivery_tag)  # m1 acked: gone for good
     c1.close()
     c2 = conn.channel()
+    settle(c2, q, 3)
     again = _drain_get(c2, q)
     assert [(b, m.redelivered) for m, _p, b in again] == [(b"m0", True), (b"m2", True), (b"m3", False)]
 
@@ -852,7 +872,8 @@ def test_exclusive_consumer_refused_when_queue_has_consumers(broker, ch, names):
 # --------------------------------------------------------------------------------------------------
 
 
-def test_tx_commit_and_rollback(conn, ch, names):
+def test_tx_commit_and_rollback(conn, plain_ch, names):
+    ch = plain_ch
     q = names.queue()
     ch.queue_declare(q)
     observer = conn.channel()
@@ -860,14 +881,15 @@ def test_tx_commit_and_rollback(conn, ch, names):
     ch.basic_publish("", q, b"committed")
     assert observer.queue_declare(q, passive=True).method.message_count == 0
     ch.tx_commit()
-    assert observer.queue_declare(q, passive=True).method.message_count == 1
+    settle(observer, q, 1)
     ch.basic_publish("", q, b"rolled-back")
     ch.tx_rollback()
     ch.tx_commit()
     assert [b for _m, _p, b in _drain_get(observer, q)] == [b"committed"]
 
 
-def test_tx_acks(conn, ch, names):
+def test_tx_acks(conn, plain_ch, names):
+    ch = plain_ch
     q = names.queue()
     ch.queue_declare(q)
     _publish_n(ch, q, 2)
@@ -879,11 +901,14 @@ def test_tx_acks(conn, ch, names):
     ch.basic_ack(m1.delivery_tag)
     ch.tx_rollback()  # the ack of m1 is discarded: m1 stays unacked
     ch.close()
-    again = _drain_get(conn.channel(), q)
+    other = conn.channel()
+    settle(other, q, 1)
+    again = _drain_get(other, q)
     assert [(b, m.redelivered) for m, _p, b in again] == [(b"m1", True)]
 
 
-def test_tx_commit_without_select_is_406(ch):
+def test_tx_commit_without_select_is_406(plain_ch):
+    ch = plain_ch
     with pytest.raises(pex.ChannelClosedByBroker) as ei:
         ch.tx_commit()
     assert _closed(ei) == (406, "PRECONDITION_FAILED - channel is not transactional")
@@ -894,7 +919,8 @@ def test_tx_commit_without_select_is_406(ch):
 # --------------------------------------------------------------------------------------------------
 
 
-def test_publish_to_missing_exchange_closes_channel_404(conn, ch, names):
+def test_publish_to_missing_exchange_closes_channel_404(conn, plain_ch, names):
+    ch = plain_ch
     x = names.exchange("missing")
     ch.basic_publish(x, "k", b"x")
     with pytest.raises(pex.ChannelClosedByBroker) as ei:
@@ -911,7 +937,7 @@ def test_channel_flood_200(conn, names):
     channels[0].queue_declare(q)
     for i, c in enumerate(channels):
         c.basic_publish("", q, str(i).encode())
-    assert channels[-1].queue_declare(q, passive=True).method.message_count == 200
+    settle(channels[-1], q, 200)
     got = sorted(int(b) for _m, _p, b in _drain_get(channels[100], q))
     assert got == list(range(200))
     for c in channels:
@@ -928,3 +954,16 @@ def test_server_properties(conn, broker):
 
 def test_server_product_is_conveyor(conn, conveyor_only):
     assert conn._impl.server_properties["product"] in ("Conveyor", b"Conveyor")
+
+
+def test_tx_select_on_confirm_channel_is_406(ch):
+    with pytest.raises(pex.ChannelClosedByBroker) as ei:
+        ch.tx_select()
+    assert _closed(ei) == (406, "PRECONDITION_FAILED - cannot switch from confirm to tx mode")
+
+
+def test_confirm_select_on_tx_channel_is_406(plain_ch):
+    plain_ch.tx_select()
+    with pytest.raises(pex.ChannelClosedByBroker) as ei:
+        plain_ch.confirm_delivery()
+    assert _closed(ei) == (406, "PRECONDITION_FAILED - cannot switch from tx to confirm mode")

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import queue
 import subprocess
 import sys
 import textwrap
-import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -73,58 +70,44 @@ def test_seed_program(broker, order_queue, tmp_path, pump):
     assert ch.queue_delete("order_queue").method.message_count == 0
 
 
+def _example_cmd(script: Path, broker, source: str, tmp_path: Path, *extra: str) -> list[str]:
+    """Command line for an example: pass --host/--port if it takes them, else inject the port textually."""
+    if "--port" in source:
+        return [sys.executable, "-u", str(script), "--host", broker.host, "--port", str(broker.port), *extra]
+    patched = tmp_path / script.name
+    patched.write_text(_inject_port(source, broker.port))
+    return [sys.executable, "-u", str(patched)]
+
+
 def test_seed_program_with_kitchen_example(broker, order_queue, tmp_path):
     service, kitchen = EXAMPLES / "order_service.py", EXAMPLES / "kitchen.py"
     if not (service.exists() and kitchen.exists()):
         pytest.skip("examples/order_service.py and examples/kitchen.py are not written yet")
-    src_service = service.read_text()
-    src_kitchen = kitchen.read_text()
-    if "pika.ConnectionParameters('localhost')" not in src_service + src_kitchen:
-        pytest.skip("examples do not use pika.ConnectionParameters('localhost')")
-    if "pika.ConnectionParameters('localhost')" in src_service:
-        src_service = _inject_port(src_service, broker.port)
-    if "pika.ConnectionParameters('localhost')" in src_kitchen:
-        src_kitchen = _inject_port(src_kitchen, broker.port)
-    # the kitchen consumes forever: start it first, publish, wait for it to print the order, stop it
-    kscript = tmp_path / "kitchen.py"
-    kscript.write_text(src_kitchen)
+    src_service, src_kitchen = service.read_text(), kitchen.read_text()
+    for src in (src_service, src_kitchen):
+        if "--port" not in src and "pika.ConnectionParameters('localhost')" not in src:
+            pytest.skip("cannot point the examples at the test broker")
+    # the kitchen starts first and waits; it stops by itself after 3 orders (--max-orders)
     kproc = subprocess.Popen(
-        [sys.executable, "-u", str(kscript)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        cwd=str(tmp_path),
+        _example_cmd(kitchen, broker, src_kitchen, tmp_path, "--max-orders", "3"),
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=str(tmp_path),
     )
-    reader_thread = None
     try:
-        result = _run(src_service, tmp_path, "order_service.py")
+        result = subprocess.run(
+            _example_cmd(service, broker, src_service, tmp_path, "--count", "3"),
+            capture_output=True, text=True, timeout=20, cwd=str(tmp_path),
+        )
         assert result.returncode == 0, result.stdout + result.stderr
-        seen: list[str] = []
-        lines: queue.Queue[str | None] = queue.Queue()
-
-        def reader() -> None:
-            assert kproc.stdout is not None
-            for line in kproc.stdout:
-                lines.put(line)
-            lines.put(None)
-
-        reader_thread = threading.Thread(target=reader, daemon=True)
-        reader_thread.start()
-        deadline = time.monotonic() + 15
-        while not any("Order #1: Pizza" in line for line in seen):
-            try:
-                line = lines.get(timeout=max(0.01, deadline - time.monotonic()))
-            except queue.Empty:
-                break
-            if line is None:
-                break
-            seen.append(line)
-        assert any("Order #1: Pizza" in line for line in seen), "".join(seen)
+        assert "Order #1: Pizza" in result.stdout
+        out, _ = kproc.communicate(timeout=20)
+        assert kproc.returncode == 0, out
+        orders = [line for line in out.splitlines() if "Order #" in line]
+        assert len(orders) == 3, out
+        assert "Order #1: Pizza" in orders[0]
+        assert "Order #2" in orders[1] and "Order #3" in orders[2]
     finally:
-        kproc.terminate()
-        try:
-            kproc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
+        if kproc.poll() is None:
             kproc.kill()
-            kproc.wait()
-        if reader_thread is not None:
-            reader_thread.join(timeout=5)
-        if kproc.stdout is not None:
-            kproc.stdout.close()
+            kproc.communicate()
+    ch = order_queue.channel()
+    assert ch.queue_declare("order_queue", passive=True).method.message_count == 0
