@@ -321,8 +321,10 @@ def test_delete_cancels_consumers_and_counts_ready(queue: Queue, scheduler: Sche
     queue.add_consumer(b)
     push_all(queue, "1", "2")
     assert queue.delete() == 2
-    assert a.cancelled and b.cancelled
     assert queue.consumers == []
+    assert not a.cancelled  # consumers are told on the next loop turn, after the deleter's reply
+    scheduler.run()
+    assert a.cancelled and b.cancelled
     assert queue.deleted
     with pytest.raises(NotFound):
         queue.add_consumer(StandInConsumer("late"))

@@ -211,7 +211,9 @@ class Queue:
         self.ready.clear()
         consumers, self.consumers = self.consumers, []
         for consumer in consumers:
-            consumer.cancelled_by_server()
+            # Told on the next loop turn, as RabbitMQ does: the deleting client gets its delete-ok
+            # before any basic.cancel, even when the deleted queue's consumer is on the same channel.
+            self._schedule(consumer.cancelled_by_server)
         return count
 
 
