@@ -27,6 +27,7 @@ from conveyor.core.exchange import EXCHANGE_TYPES
 from conveyor.core.exchange.base import Exchange
 from conveyor.core.message import Message
 from conveyor.core.queue.classic import Queue
+from conveyor.core.texts import describe_value
 
 # Queue arguments RabbitMQ compares when a queue is redeclared; other x- arguments are kept as given.
 EQUIVALENCE_ARGS = (
@@ -55,29 +56,6 @@ PREDECLARED = (
 
 def _amqp_bool(value: bool) -> str:
     return "true" if value else "false"
-
-
-def _type_name(value: Any) -> str:
-    """RabbitMQ's name for a field-table value's type, as used in its inequivalence texts."""
-    if isinstance(value, bool):
-        return "bool"
-    if isinstance(value, int):
-        return "signedint" if -(2**31) <= value < 2**31 else "long"
-    if isinstance(value, str):
-        return "longstr"
-    if isinstance(value, float):
-        return "double"
-    if isinstance(value, dict):
-        return "table"
-    if isinstance(value, list):
-        return "array"
-    return type(value).__name__
-
-
-def _describe_value(value: Any) -> str:
-    if value is None:
-        return "none"
-    return f"the value '{value}' of type '{_type_name(value)}'"
 
 
 class VirtualHost:
@@ -239,7 +217,7 @@ class VirtualHost:
                 if received is not None and current is not None:
                     shown = f"received '{received}' but current is '{current}'"
                 else:
-                    shown = f"received {_describe_value(received)} but current is {_describe_value(current)}"
+                    shown = f"received {describe_value(received)} but current is {describe_value(current)}"
                 raise PreconditionFailed(f"inequivalent arg '{arg}' for {queue.describe()}: {shown}")
 
     def delete_queue(self, name: str, owner: Any, *, if_unused: bool = False, if_empty: bool = False) -> int:

@@ -94,6 +94,10 @@ class Exchange:
         self._bindings: dict[BindingKey, dict[str, Any]] = {}
         # destination -> its binding keys, so deleting a queue does not scan every binding.
         self._by_dest: dict[Destination, set[BindingKey]] = {}
+        self._init_index()
+
+    def _init_index(self) -> None:
+        """Set up the type's routing index (empty); subclasses override it instead of __init__."""
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name!r} bindings={len(self._bindings)}>"

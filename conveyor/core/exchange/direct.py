@@ -15,15 +15,7 @@ class DirectExchange(Exchange):
 
     __slots__ = ("_routes",)
 
-    def __init__(
-        self,
-        name: str,
-        durable: bool = False,
-        auto_delete: bool = False,
-        internal: bool = False,
-        arguments: dict[str, Any] | None = None,
-    ) -> None:
-        super().__init__(name, durable, auto_delete, internal, arguments)
+    def _init_index(self) -> None:
         # routing key -> {destination: number of bindings}. The count exists because bindings that
         # differ only in their (ignored) arguments route the same way, and removing one of them must
         # not stop routing for the other. Iterating the inner dict yields the destinations.

@@ -15,15 +15,7 @@ class FanoutExchange(Exchange):
 
     __slots__ = ("_dests",)
 
-    def __init__(
-        self,
-        name: str,
-        durable: bool = False,
-        auto_delete: bool = False,
-        internal: bool = False,
-        arguments: dict[str, Any] | None = None,
-    ) -> None:
-        super().__init__(name, durable, auto_delete, internal, arguments)
+    def _init_index(self) -> None:
         # destination -> number of bindings to it (several routing keys or arguments may bind the same
         # destination; it must keep receiving until the last of them goes).
         self._dests: dict[Destination, int] = {}

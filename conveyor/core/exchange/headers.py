@@ -26,6 +26,7 @@ from typing import Any, ClassVar
 
 from conveyor.core.errors import PreconditionFailed
 from conveyor.core.exchange.base import Destination, Exchange, freeze_value
+from conveyor.core.texts import erlang_term, type_name
 
 __all__ = ["HeadersExchange", "parse_x_match"]
 
@@ -46,12 +47,12 @@ def parse_x_match(arguments: dict[str, Any]) -> tuple[bool, bool]:
     value = arguments["x-match"]
     if not isinstance(value, str):
         raise PreconditionFailed(
-            f"Invalid x-match field type {_type_name(value)} (value {_erlang_term(value)}); expected longstr"
+            f"Invalid x-match field type {type_name(value)} (value {erlang_term(value)}); expected longstr"
         )
     mode = _X_MATCH_MODES.get(value)
     if mode is None:
         raise PreconditionFailed(
-            f"Invalid x-match field value {_erlang_term(value)}; expected all, any, all-with-x, or any-with-x"
+            f"Invalid x-match field value {erlang_term(value)}; expected all, any, all-with-x, or any-with-x"
         )
     return mode
 
@@ -109,15 +110,7 @@ class HeadersExchange(Exchange):
 
     __slots__ = ("_matchers",)
 
-    def __init__(
-        self,
-        name: str,
-        durable: bool = False,
-        auto_delete: bool = False,
-        internal: bool = False,
-        arguments: dict[str, Any] | None = None,
-    ) -> None:
-        super().__init__(name, durable, auto_delete, internal, arguments)
+    def _init_index(self) -> None:
         # One compiled matcher per binding, keyed by the same identity as the base registry so that an
         # unbind removes exactly its own matcher. The routing key is part of that identity although
         # headers routing ignores it, as in RabbitMQ.
@@ -137,105 +130,3 @@ class HeadersExchange(Exchange):
         for matcher in self._matchers.values():
             if matcher.destination not in out and matcher.matches(table):
                 out.add(matcher.destination)
-
-
-# -- RabbitMQ's rendering of a field value in the x-match error text ----------------------------------
-
-
-def _type_name(value: Any) -> str:
-    """RabbitMQ's name for the value's AMQP type. Integer and float widths are not kept by the codec,
-    so the common choice is made: signedint when it fits 32 bits (what pika and Java send), else long;
-    double for floats."""
-    if value is None:
-        return "void"
-    if isinstance(value, bool):
-        return "bool"
-    if isinstance(value, int):
-        return "signedint" if -(2**31) <= value < 2**31 else "long"
-    if isinstance(value, float):
-        return "double"
-    if isinstance(value, str):
-        return "longstr"
-    if isinstance(value, (bytes, bytearray, memoryview)):
-        return "binary"
-    if isinstance(value, Decimal):
-        return "decimal"
-    if isinstance(value, datetime):
-        return "timestamp"
-    if isinstance(value, dict):
-        return "table"
-    if isinstance(value, (list, tuple)):
-        return "array"
-    return type(value).__name__
-
-
-_ERL_ESCAPES = {
-    0x22: '\\"',
-    0x5C: "\\\\",
-    0x0A: "\\n",
-    0x0D: "\\r",
-    0x09: "\\t",
-    0x0B: "\\v",
-    0x08: "\\b",
-    0x0C: "\\f",
-    0x1B: "\\e",
-}
-
-
-def _erlang_binary(raw: bytes) -> str:
-    """Erlang's ``~p`` of a binary: <<"text">> when every byte is printable Latin-1, else <<1,2,3>>.
-
-    Printable bytes are emitted as they are, so UTF-8 text whose bytes are all printable (most
-    accented Latin letters) reads back as the same UTF-8 text, as RabbitMQ's reply does; text such as
-    a euro sign contains a byte in 0x80-0x9F and is printed as numbers, as Erlang does.
-    """
-    if not raw:
-        return "<<>>"
-    if not all(32 <= b <= 126 or b >= 160 or b in _ERL_ESCAPES for b in raw):
-        return "<<" + ",".join(str(b) for b in raw) + ">>"
-    text = bytearray()
-    for b in raw:
-        escape = _ERL_ESCAPES.get(b)
-        if escape is None:
-            text.append(b)
-        else:
-            text += escape.encode("ascii")
-    return '<<"' + text.decode("utf-8", "surrogateescape") + '">>'
-
-
-def _erlang_float(value: float) -> str:
-    text = repr(value)
-    if "e" in text:  # Python 1e+20 -> Erlang 1.0e20
-        mantissa, exponent = text.split("e")
-        if "." not in mantissa:
-            mantissa += ".0"
-        text = f"{mantissa}e{int(exponent)}"
-    return text
-
-
-def _erlang_term(value: Any) -> str:
-    """How RabbitMQ prints a decoded field value (single line; Erlang wraps very long terms)."""
-    if value is None:
-        return "undefined"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        return _erlang_float(value)
-    if isinstance(value, str):
-        return _erlang_binary(value.encode("utf-8", "surrogateescape"))
-    if isinstance(value, (bytes, bytearray, memoryview)):
-        return _erlang_binary(bytes(value))
-    if isinstance(value, Decimal):
-        exponent = value.as_tuple().exponent
-        scale = -exponent if isinstance(exponent, int) and exponent < 0 else 0
-        return f"{{{scale},{int(value.scaleb(scale))}}}"
-    if isinstance(value, datetime):
-        return str(int(value.timestamp()))
-    if isinstance(value, dict):
-        items = (f"{{{_erlang_term(k)},{_type_name(v)},{_erlang_term(v)}}}" for k, v in value.items())
-        return "[" + ",".join(items) + "]"
-    if isinstance(value, (list, tuple)):
-        return "[" + ",".join(f"{{{_type_name(v)},{_erlang_term(v)}}}" for v in value) + "]"
-    return repr(value)

@@ -54,15 +54,7 @@ class TopicExchange(Exchange):
 
     __slots__ = ("_cache", "_root")
 
-    def __init__(
-        self,
-        name: str,
-        durable: bool = False,
-        auto_delete: bool = False,
-        internal: bool = False,
-        arguments: dict[str, Any] | None = None,
-    ) -> None:
-        super().__init__(name, durable, auto_delete, internal, arguments)
+    def _init_index(self) -> None:
         self._root = _Node()
         self._cache: dict[str, tuple[Destination, ...]] = {}
 
