@@ -3,16 +3,32 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import platform
+import shutil
 import signal
+import time
+from pathlib import Path
 from typing import Any
 
-from conveyor import __version__
+from conveyor import __version__, topology
+from conveyor.amqp.properties import decode_headers
 from conveyor.amqp.server import AMQPProtocol
 from conveyor.amqp.values import DecodeError, decode_table
 from conveyor.config import Settings
+from conveyor.core.queue.classic import Queue
 from conveyor.core.vhost import VirtualHost
+from conveyor.store.api import MessageStore, StoreError
+from conveyor.store.definitions import (
+    FileDefinitionStore,
+    check_password,
+    merge,
+    parse_definitions,
+    user_hashing_algorithm,
+)
+from conveyor.store.segments import SegmentMessageStore, check_data_dir
+from conveyor.store.sync import GroupCommitter
 
 log = logging.getLogger("conveyor")
 
@@ -34,12 +50,119 @@ class Broker:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.loop = asyncio.get_running_loop()
-        self.vhosts: dict[str, VirtualHost] = {
-            settings.default_vhost: VirtualHost(settings.default_vhost, schedule=self.loop.call_soon)
-        }
-        self.users: dict[str, str] = {settings.default_user: settings.default_pass}
+        self.data_dir = Path(settings.data_dir).expanduser()
+        self.committer = GroupCommitter(self.loop)
+        self.definition_store = FileDefinitionStore(
+            self.data_dir / "definitions.json", default_user=settings.default_user,
+            default_pass=settings.default_pass, default_vhost=settings.default_vhost,
+        )
+        self.vhosts: dict[str, VirtualHost] = {}
+        self.users: dict[str, dict[str, Any]] = {}  # name -> RabbitMQ user record (with password hash)
+        self.permissions: list[dict[str, Any]] = []
+        self.policies: list[dict[str, Any]] = []
+        self.kept_definitions: dict[str, Any] = {}  # parameters etc. we keep but do not act on yet
         self.connections: set[AMQPProtocol] = set()
         self._servers: list[asyncio.Server] = []
+        self._definitions_dirty = False
+        self._recovering = False
+
+    # -- durable state -------------------------------------------------------------------------
+
+    def add_vhost(self, name: str) -> VirtualHost:
+        vhost = self.vhosts.get(name)
+        if vhost is None:
+            vhost = VirtualHost(
+                name,
+                schedule=self.loop.call_soon,
+                store_factory=self._open_store,
+                on_topology_change=self.topology_changed,
+            )
+            self.vhosts[name] = vhost
+            self.topology_changed()
+        return vhost
+
+    def _queue_dir(self, vhost: str, queue: str) -> Path:
+        digest = hashlib.sha1(f"{vhost}\x00{queue}".encode("utf-8", "surrogateescape")).hexdigest()
+        return self.data_dir / "queues" / digest[:24]
+
+    def _open_store(self, queue: Queue) -> MessageStore:
+        return SegmentMessageStore(
+            self._queue_dir(queue.vhost_name, queue.name),
+            committer=self.committer,
+            segment_size=self.settings.segment_size,
+            decoder=decode_headers,
+            meta={"vhost": queue.vhost_name, "queue": queue.name},
+        )
+
+    def topology_changed(self) -> None:
+        """Durable topology changed: save the definitions before the client hears back.
+
+        The save runs before this loop turn's replies are written (``save_definitions_if_changed`` is
+        called by the connection before it flushes), or on the next turn at the latest.
+        """
+        if not self._definitions_dirty and not self._recovering:
+            self._definitions_dirty = True
+            self.loop.call_soon(self.save_definitions_if_changed)
+
+    def save_definitions_if_changed(self) -> None:
+        if self._definitions_dirty:
+            self._definitions_dirty = False
+            self.definition_store.save(topology.snapshot(self))
+
+    def recover(self) -> None:
+        """Bring back durable topology and messages from the data directory (and --definitions)."""
+        settings = self.settings
+        started = time.monotonic()
+        check_data_dir(self.data_dir)
+        definitions = self.definition_store.load()  # a fresh data dir starts with the default user and vhost
+        if settings.definitions:
+            path = Path(settings.definitions)
+            try:
+                text = path.read_bytes()
+            except OSError as exc:
+                raise StoreError(f"cannot read definitions file {path}: {exc.strerror}") from exc
+            definitions = merge(definitions, parse_definitions(text, str(path)))
+            log.info("loaded definitions file=%s", settings.definitions)
+        self._recovering = True
+        try:
+            topology.apply(self, definitions)
+        finally:
+            self._recovering = False
+        self._remove_orphan_stores()
+        total = 0
+        for vhost in self.vhosts.values():
+            for queue in vhost.queues.values():
+                queue_started = time.monotonic()
+                count = queue.recover()
+                total += count
+                if count:
+                    elapsed = time.monotonic() - queue_started
+                    log.info(
+                        "recovered queue=%r vhost=%r messages=%d seconds=%.3f",
+                        queue.name, vhost.name, count, elapsed,
+                    )
+        self.definition_store.save(topology.snapshot(self))
+        elapsed = time.monotonic() - started
+        log.info(
+            "recovery done data_dir=%s vhosts=%d queues=%d messages=%d seconds=%.3f",
+            self.data_dir, len(self.vhosts), sum(len(v.queues) for v in self.vhosts.values()), total, elapsed,
+        )
+
+    def _remove_orphan_stores(self) -> None:
+        """Queue directories with no durable queue behind them (deleted, or declared just before a crash)."""
+        root = self.data_dir / "queues"
+        if not root.is_dir():
+            return
+        wanted = {
+            self._queue_dir(v.name, q.name).name for v in self.vhosts.values() for q in v.queues.values() if q.store
+        }
+        for directory in root.iterdir():
+            if directory.name not in wanted:
+                log.warning("removing message store of a queue that no longer exists dir=%s", directory)
+                shutil.rmtree(directory, ignore_errors=True)
+
+    def store_failed(self, exc: Exception) -> None:
+        log.error("cannot store a message: %s", exc)
 
     def server_properties(self) -> dict[str, Any]:
         return {
@@ -47,7 +170,7 @@ class Broker:
             "version": __version__,
             "platform": f"Python {platform.python_version()}",
             "copyright": "Conveyor contributors",
-            "information": "An AMQP 0-9-1 broker in Python, https://github.com/conveyor-mq/conveyor",
+            "information": "An AMQP 0-9-1 broker written in Python",
             "cluster_name": f"conveyor@{platform.node()}",
             "capabilities": dict(CAPABILITIES),
         }
@@ -62,7 +185,19 @@ class Broker:
                 user, password = str(table.get("LOGIN", "")), str(table.get("PASSWORD", ""))
         except (ValueError, UnicodeDecodeError, DecodeError):
             return None
-        return user if self.users.get(user) == password and password else None
+        record = self.users.get(user)
+        if record is None or not password:
+            return None
+        ok = check_password(password, record.get("password_hash") or "", user_hashing_algorithm(record))
+        return user if ok else None
+
+    def check_vhost(self, user: str, vhost: str) -> str | None:
+        """RabbitMQ's rule for connection.open: the vhost exists and the user has a permission on it."""
+        if vhost not in self.vhosts:
+            return f"vhost {vhost} not found"
+        if not any(p["user"] == user and p["vhost"] == vhost for p in self.permissions):
+            return f"access to vhost '{vhost}' refused for user '{user}'"
+        return None
 
     async def start(self) -> None:
         settings = self.settings
@@ -81,11 +216,18 @@ class Broker:
             protocol.shutdown()
         for server in self._servers:
             await server.wait_closed()
+        self.save_definitions_if_changed()
+        for vhost in self.vhosts.values():
+            for queue in vhost.queues.values():
+                if queue.store is not None:
+                    queue.store.close()
+        self.committer.close()
 
 
 async def serve(settings: Settings) -> None:
     """Run the broker until SIGINT or SIGTERM."""
     broker = Broker(settings)
+    broker.recover()
     await broker.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

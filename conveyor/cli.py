@@ -10,6 +10,7 @@ import time
 
 from conveyor import __version__
 from conveyor.config import Settings
+from conveyor.store.api import StoreError
 
 
 class _KeyValueFormatter(logging.Formatter):
@@ -55,6 +56,14 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--log-level", choices=["debug", "info", "warning", "error"], help=f"(default {defaults.log_level})"
     )
+    serve.add_argument(
+        "--data-dir",
+        help=f"where durable exchanges, queues and persistent messages are kept (default {defaults.data_dir})",
+    )
+    serve.add_argument(
+        "--definitions", metavar="FILE",
+        help="a RabbitMQ definitions JSON file (users, vhosts, exchanges, queues, bindings, policies) to load at start",
+    )
     return parser
 
 
@@ -66,7 +75,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     settings = Settings.from_env().with_overrides(
         host=args.host, port=args.port, heartbeat=args.heartbeat, frame_max=args.frame_max,
-        channel_max=args.channel_max, log_level=args.log_level,
+        channel_max=args.channel_max, log_level=args.log_level, data_dir=args.data_dir,
+        definitions=args.definitions,
     )
     _setup_logging(settings.log_level)
     from conveyor.app import serve  # after logging is set up
@@ -80,6 +90,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with asyncio.Runner(loop_factory=loop_factory) as runner:
             runner.run(serve(settings))
+    except StoreError as exc:
+        logging.getLogger("conveyor").error("%s", exc)
+        return 1
     except OSError as exc:
         logging.getLogger("conveyor").error("cannot listen on %s:%s: %s", settings.host, settings.port, exc)
         return 1

@@ -18,6 +18,9 @@ class Settings:
     default_pass: str = "guest"
     default_vhost: str = "/"
     log_level: str = "info"
+    data_dir: str = "~/.local/share/conveyor"  # durable topology and messages live here
+    definitions: str = ""  # a RabbitMQ definitions JSON file to load at boot, if any
+    segment_size: int = 8 * 1024 * 1024  # bytes per message-store segment file
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Settings:

@@ -10,7 +10,7 @@ channel's consumers. Zero means unlimited. ``can_deliver`` checks both.
 
 from __future__ import annotations
 
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -83,6 +83,8 @@ class Channel:
         self.confirm = False
         self.publish_seq = 0
         self.confirmed_upto = 0  # confirms are sent in batches by Session.flush_confirms
+        self.unsynced: deque[int] = deque()  # publish seqs waiting for a group commit, in order
+        self.failed: set[int] = set()  # publish seqs to nack (not stored, or their fsync failed)
         self.tx: list[tuple[Any, ...]] | None = None  # pending publishes/acks in tx mode
         self.tx_settled: set[int] = set()  # tags settled in the open transaction (a second settle is an error)
 

@@ -35,7 +35,7 @@ from typing import Any, Protocol
 from conveyor.amqp import spec
 from conveyor.amqp.errors import HardError, reply_for, reply_text
 from conveyor.amqp.framing import HEARTBEAT_FRAME, PROTOCOL_HEADER, FrameBuffer, encode_frame
-from conveyor.amqp.values import DecodeError, decode_table
+from conveyor.amqp.values import DecodeError
 
 log = logging.getLogger("conveyor.amqp")
 
@@ -86,7 +86,7 @@ class Connection:
         *,
         server_properties: dict[str, Any],
         authenticate: Authenticator,
-        vhost_exists: Callable[[str], bool],
+        check_vhost: Callable[[str, str], str | None],
         heartbeat: int = 60,
         frame_max: int = 131072,
         channel_max: int = 2047,
@@ -97,7 +97,7 @@ class Connection:
         self.server_properties = server_properties
         self.client_properties: dict[str, Any] = {}
         self.authenticate = authenticate
-        self.vhost_exists = vhost_exists
+        self.check_vhost = check_vhost  # (user, vhost) -> why access is refused, or None
         self.heartbeat = heartbeat
         self.frame_max = frame_max
         self.channel_max = channel_max
@@ -347,8 +347,9 @@ class Connection:
         elif state == TUNE_SENT and isinstance(method, spec.ConnectionTuneOk):
             self._tune_ok(method)
         elif state == TUNED and isinstance(method, spec.ConnectionOpen):
-            if not self.vhost_exists(method.virtual_host):
-                raise HardError(spec.NOT_ALLOWED, f"vhost {method.virtual_host} not found")
+            refused = self.check_vhost(self.user, method.virtual_host)
+            if refused is not None:
+                raise HardError(spec.NOT_ALLOWED, refused)
             self.vhost = method.virtual_host
             self.state = OPEN
             self.handler.connection_opened(self.vhost, self.user)
@@ -479,20 +480,3 @@ def _decode(payload: bytes) -> spec.Method:
         return spec.decode_method(payload)
     except DecodeError as exc:
         raise HardError(spec.SYNTAX_ERROR, str(exc)) from exc
-
-
-def decode_headers(properties: bytes) -> dict[str, Any] | None:
-    """The headers table from raw basic properties (the core's lazy decoder)."""
-    # Fast path: headers are the third property (flag 0x2000); skip content-type/encoding.
-    try:
-        flags = (properties[0] << 8) | properties[1]
-        if not flags & 0x2000:
-            return None
-        off = 2
-        for bit in (0x8000, 0x4000):
-            if flags & bit:
-                off += 1 + properties[off]
-        table, _ = decode_table(properties, off)
-    except IndexError as exc:
-        raise DecodeError("content header properties run past the end of the frame") from exc
-    return table

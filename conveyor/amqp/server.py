@@ -38,7 +38,7 @@ class AMQPProtocol(asyncio.Protocol):
             self.session,
             server_properties=broker.server_properties(),
             authenticate=broker.authenticate,
-            vhost_exists=broker.vhosts.__contains__,
+            check_vhost=broker.check_vhost,
             heartbeat=settings.heartbeat,
             frame_max=settings.frame_max,
             channel_max=settings.channel_max,
@@ -64,6 +64,7 @@ class AMQPProtocol(asyncio.Protocol):
         conn = self.conn
         conn.receive_data(data)
         self.session.flush_confirms()
+        self.broker.save_definitions_if_changed()  # durable topology is on disk before the reply goes
         if not self._opened and conn.state == amqp_connection.OPEN:
             self._on_open()
         self._flush()

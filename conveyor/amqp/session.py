@@ -14,10 +14,12 @@ from typing import Any
 
 from conveyor.amqp import spec
 from conveyor.amqp.channel import AMQPConsumer, Channel
-from conveyor.amqp.connection import Connection, decode_headers
+from conveyor.amqp.connection import Connection
 from conveyor.amqp.errors import HardError, SoftError
+from conveyor.amqp.properties import decode_headers, is_persistent
 from conveyor.core.message import Message
 from conveyor.core.vhost import VirtualHost
+from conveyor.store.api import StoreError
 
 _NO_ROUTE = "NO_ROUTE"
 _USER_ID_FLAG = 0x10  # basic property flag bit of user-id (in the low byte of the flags word)
@@ -30,6 +32,7 @@ class Session:
         self.vhost: VirtualHost = None  # type: ignore[assignment]
         self.channels: dict[int, Channel] = {}
         self._confirming: set[Channel] = set()  # channels with confirms to send after this input
+        self._sync_marks: dict[Channel, int] = {}  # per channel, the last publish that awaits a group commit
 
     # -- connection callbacks ------------------------------------------------------------------
 
@@ -71,16 +74,46 @@ class Session:
                     consumer.queue.wake()
 
     def flush_confirms(self) -> None:
-        """Send the publisher confirms earned by the input just processed, one frame per channel."""
+        """Send the publisher confirms earned by the input just processed, one frame per channel
+        in the common case. Persistent messages that reached a durable queue are confirmed only
+        after the group commit that makes them durable (``_synced``); confirms stay in order."""
+        if self._sync_marks:
+            marks, self._sync_marks = self._sync_marks, {}
+            self.broker.committer.when_synced(lambda ok: self._synced(ok, marks))
         if not self._confirming:
             return
         for channel in self._confirming:
-            upto = channel.publish_seq
-            if upto > channel.confirmed_upto and channel.id in self.conn.channels:
-                multiple = upto - channel.confirmed_upto > 1
-                self.conn.send_method(channel.id, spec.BasicAck(delivery_tag=upto, multiple=multiple))
-            channel.confirmed_upto = upto
+            if self.channels.get(channel.id) is channel:
+                self._send_confirms(channel)
         self._confirming.clear()
+
+    def _send_confirms(self, channel: Channel) -> None:
+        upto = channel.unsynced[0] - 1 if channel.unsynced else channel.publish_seq
+        start = channel.confirmed_upto + 1
+        if upto < start:
+            return
+        send = self.conn.send_method
+        if channel.failed:
+            for seq in sorted(f for f in channel.failed if f <= upto):
+                if seq > start:
+                    send(channel.id, spec.BasicAck(delivery_tag=seq - 1, multiple=seq - 1 > start))
+                send(channel.id, spec.BasicNack(delivery_tag=seq, multiple=False, requeue=False))
+                channel.failed.discard(seq)
+                start = seq + 1
+        if upto >= start:
+            send(channel.id, spec.BasicAck(delivery_tag=upto, multiple=upto > start))
+        channel.confirmed_upto = upto
+
+    def _synced(self, ok: bool, marks: dict[Channel, int]) -> None:
+        """A group commit finished: confirms waiting on it can go (as nacks if it failed)."""
+        for channel, upto in marks.items():
+            unsynced = channel.unsynced
+            while unsynced and unsynced[0] <= upto:
+                seq = unsynced.popleft()
+                if not ok:
+                    channel.failed.add(seq)
+            self._confirming.add(channel)
+        self.flush_confirms()
 
     # -- helpers -------------------------------------------------------------------------------
 
@@ -215,7 +248,9 @@ class Session:
                     spec.PRECONDITION_FAILED,
                     f"user_id property set to '{user_id}' but authenticated user was '{self.conn.user}'",
                 )
-        message = Message(m.exchange, m.routing_key, properties, body, decoder=decode_headers)
+        message = Message(
+            m.exchange, m.routing_key, properties, body, persistent=is_persistent(properties), decoder=decode_headers
+        )
         if channel.tx is not None:
             self.vhost.get_exchange(m.exchange)  # a missing exchange fails now, not at commit
             channel.tx.append(("publish", m.mandatory, message))
@@ -223,7 +258,16 @@ class Session:
         self._route(channel, m.mandatory, message)
 
     def _route(self, channel: Channel, mandatory: bool, message: Message) -> None:
-        routed = self.vhost.publish(message.exchange, message)
+        try:
+            routed = self.vhost.publish(message.exchange, message)
+        except StoreError as exc:
+            self.broker.store_failed(exc)
+            if not channel.confirm:  # nobody to nack: say so rather than drop the message silently
+                raise HardError(spec.RESOURCE_ERROR, f"cannot store message: {exc}") from exc
+            channel.publish_seq += 1
+            channel.failed.add(channel.publish_seq)
+            self._confirming.add(channel)
+            return
         if not routed and mandatory:
             self.conn.send_content(
                 channel.id,
@@ -233,6 +277,9 @@ class Session:
             )
         if channel.confirm:
             channel.publish_seq += 1
+            if message.persistent and any(queue.store is not None for queue in routed):
+                channel.unsynced.append(channel.publish_seq)
+                self._sync_marks[channel] = channel.publish_seq
             self._confirming.add(channel)
 
     def _basic_ack(self, channel: Channel, m: spec.BasicAck) -> None:

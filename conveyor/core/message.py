@@ -57,7 +57,7 @@ class QueuedMessage:
     order ahead of newer ones by comparing ``seq``.
     """
 
-    __slots__ = ("delivery_count", "message", "queue", "redelivered", "seq")
+    __slots__ = ("delivery_count", "message", "position", "queue", "redelivered", "seq")
 
     def __init__(self, message: Message, queue: Any, seq: int) -> None:
         self.message = message
@@ -65,6 +65,7 @@ class QueuedMessage:
         self.seq = seq
         self.redelivered = False
         self.delivery_count = 0
+        self.position: Any = None  # where the queue's store keeps it, if it does
 
     def __repr__(self) -> str:
         return f"QueuedMessage(seq={self.seq}, redelivered={self.redelivered}, {self.message!r})"

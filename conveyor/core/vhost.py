@@ -28,6 +28,7 @@ from conveyor.core.exchange.base import Exchange
 from conveyor.core.message import Message
 from conveyor.core.queue.classic import Queue
 from conveyor.core.texts import describe_value
+from conveyor.store.api import MessageStore
 
 # Queue arguments RabbitMQ compares when a queue is redeclared; other x- arguments are kept as given.
 EQUIVALENCE_ARGS = (
@@ -58,9 +59,25 @@ def _amqp_bool(value: bool) -> str:
     return "true" if value else "false"
 
 
+def is_persisted(queue: Queue) -> bool:
+    """Whether a queue survives a restart: durable, and neither exclusive nor auto-delete (RabbitMQ)."""
+    return queue.durable and not queue.exclusive and not queue.auto_delete
+
+
 class VirtualHost:
-    def __init__(self, name: str = "/", schedule: Callable[[Callable[[], None]], Any] | None = None) -> None:
+    def __init__(
+        self,
+        name: str = "/",
+        schedule: Callable[[Callable[[], None]], Any] | None = None,
+        *,
+        store_factory: Callable[[Queue], MessageStore] | None = None,
+        on_topology_change: Callable[[], None] | None = None,
+    ) -> None:
         self.name = name
+        # Durability hooks, supplied by the broker: a message store for each queue that survives a
+        # restart, and a call after every change to durable topology (to save the definitions).
+        self.store_factory = store_factory
+        self.on_topology_change = on_topology_change
         self.exchanges: dict[str, Exchange] = {}
         self.queues: dict[str, Queue] = {}
         self._schedule = schedule or (lambda fn: fn())
@@ -118,7 +135,13 @@ class VirtualHost:
             raise CommandInvalid(f"unknown exchange type '{kind}'")
         exchange = cls(name, durable=durable, auto_delete=auto_delete, internal=internal, arguments=arguments)
         self.exchanges[name] = exchange
+        if durable:
+            self._changed()
         return exchange
+
+    def _changed(self) -> None:
+        if self.on_topology_change is not None:
+            self.on_topology_change()
 
     def delete_exchange(self, name: str, *, if_unused: bool = False) -> None:
         if name == "":
@@ -137,6 +160,8 @@ class VirtualHost:
         for other in list(self.exchanges.values()):
             if other.unbind_all(exchange):
                 self._maybe_auto_delete(other)
+        if exchange.durable:
+            self._changed()
 
     def _maybe_auto_delete(self, exchange: Exchange) -> None:
         if exchange.auto_delete and exchange.is_unused() and self.exchanges.get(exchange.name) is exchange:
@@ -198,7 +223,11 @@ class VirtualHost:
             schedule=self._schedule,
             on_unused=self._auto_delete_queue,
         )
+        if self.store_factory is not None and is_persisted(queue):
+            queue.store = self.store_factory(queue)
         self.queues[name] = queue
+        if is_persisted(queue):
+            self._changed()
         return queue
 
     def _check_equivalent(self, queue: Queue, durable: bool, auto_delete: bool, args: dict[str, Any]) -> None:
@@ -227,7 +256,7 @@ class VirtualHost:
         self._check_owner(queue, owner)
         if if_unused and queue.consumers:
             raise PreconditionFailed(f"{queue.describe()} in use")
-        if if_empty and queue.ready:
+        if if_empty and queue.message_count:
             raise PreconditionFailed(f"{queue.describe()} not empty")
         return self._remove_queue(queue)
 
@@ -237,7 +266,10 @@ class VirtualHost:
         for exchange in list(self.exchanges.values()):
             if exchange.unbind_all(queue):
                 self._maybe_auto_delete(exchange)
-        return queue.delete()
+        count = queue.delete()
+        if is_persisted(queue):
+            self._changed()
+        return count
 
     def _auto_delete_queue(self, queue: Queue) -> None:
         self._remove_queue(queue)
@@ -260,25 +292,31 @@ class VirtualHost:
     def bind_queue(self, queue_name: str, exchange_name: str, routing_key: str,
                    arguments: dict[str, Any] | None, owner: Any) -> None:
         queue = self.get_queue(queue_name, owner)
-        self._bindable_source(exchange_name).bind(queue, routing_key, arguments or {})
+        exchange = self._bindable_source(exchange_name)
+        if exchange.bind(queue, routing_key, arguments or {}) and exchange.durable and is_persisted(queue):
+            self._changed()
 
     def unbind_queue(self, queue_name: str, exchange_name: str, routing_key: str,
                      arguments: dict[str, Any] | None, owner: Any) -> None:
         queue = self.get_queue(queue_name, owner)
         exchange = self._bindable_source(exchange_name)
-        exchange.unbind(queue, routing_key, arguments or {})
+        if exchange.unbind(queue, routing_key, arguments or {}) and exchange.durable and is_persisted(queue):
+            self._changed()
         self._maybe_auto_delete(exchange)
 
     def bind_exchange(self, destination: str, source: str, routing_key: str,
                       arguments: dict[str, Any] | None) -> None:
         dest = self._bindable_source(destination)
-        self._bindable_source(source).bind(dest, routing_key, arguments or {})
+        src = self._bindable_source(source)
+        if src.bind(dest, routing_key, arguments or {}) and src.durable and dest.durable:
+            self._changed()
 
     def unbind_exchange(self, destination: str, source: str, routing_key: str,
                         arguments: dict[str, Any] | None) -> None:
         dest = self._bindable_source(destination)
         src = self._bindable_source(source)
-        src.unbind(dest, routing_key, arguments or {})
+        if src.unbind(dest, routing_key, arguments or {}) and src.durable and dest.durable:
+            self._changed()
         self._maybe_auto_delete(src)
 
     # -- publishing ----------------------------------------------------------------------------
@@ -315,8 +353,13 @@ class VirtualHost:
                     pending.append(dest)
         return list(found)
 
-    def publish(self, exchange_name: str, message: Message) -> int:
-        """Route and enqueue; returns how many queues took the message."""
+    def publish(self, exchange_name: str, message: Message) -> list[Queue]:
+        """Route and enqueue; returns the queues that took the message.
+
+        Raises the store's StoreError when a queue cannot write the message (disk full); queues
+        earlier in the list may have taken it already - the publisher is told it failed, and a retry
+        may duplicate it there, which at-least-once delivery allows.
+        """
         exchange = self.exchanges.get(exchange_name)
         if exchange is None:
             raise NotFound(f"no {self._exchange_text(exchange_name)}")
@@ -325,4 +368,4 @@ class VirtualHost:
         queues = self.route(exchange, message)
         for queue in queues:
             queue.push(message)
-        return len(queues)
+        return queues

@@ -68,6 +68,29 @@ class FormatError(StoreError):
     """A data directory written by a newer (or unknown) Conveyor format."""
 
 
+DATA_DIR_FORMAT = 1  # the layout of the data directory as a whole (FORMAT file at its root)
+
+
+def check_data_dir(data_dir: Path) -> None:
+    """Create the data directory on first use; refuse one written by a newer Conveyor."""
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        marker = data_dir / "FORMAT"
+        if not marker.exists():
+            marker.write_text(f"{DATA_DIR_FORMAT}\n")
+            return
+        text = marker.read_text().strip()
+    except OSError as exc:
+        raise StoreError(f"cannot use data directory {data_dir}: {exc.strerror}") from exc
+    if not text.isdigit():
+        raise FormatError(f"{data_dir}/FORMAT is not a Conveyor data directory format number: {text[:40]!r}")
+    if int(text) > DATA_DIR_FORMAT:
+        raise FormatError(
+            f"data directory {data_dir} was written in format {text} by a newer Conveyor; this one reads "
+            f"format {DATA_DIR_FORMAT}: upgrade Conveyor, or start with another --data-dir"
+        )
+
+
 def encode_record(message: Message, persistent: bool) -> bytes:
     exchange = message.exchange.encode("utf-8", "surrogateescape")
     routing_key = message.routing_key.encode("utf-8", "surrogateescape")
@@ -99,7 +122,7 @@ def decode_payload(payload: bytes, decoder: Callable[[bytes], Any] | None) -> Me
 class _Segment:
     """What the store remembers of one segment: which records are live, which were delivered."""
 
-    __slots__ = ("acked", "delivered", "end", "live", "number")
+    __slots__ = ("acked", "dead_below", "delivered", "end", "live", "number")
 
     def __init__(self, number: int) -> None:
         self.number = number
@@ -107,6 +130,7 @@ class _Segment:
         self.acked: set[int] = set()  # offsets acked (kept until the segment is deleted)
         self.delivered: set[int] = set()  # offsets delivered before a restart
         self.end = len(HEADER)  # the offset just past the last valid record
+        self.dead_below = 0  # transient records before this offset were written before a restart
 
 
 class SegmentMessageStore:
@@ -197,6 +221,7 @@ class SegmentMessageStore:
                     segment.live += 1
                 off += 8 + size
             segment.end = off
+            segment.dead_below = off
 
     @staticmethod
     def _truncate(path: Path, offset: int, rewrite_header: bool = False) -> None:
@@ -351,8 +376,10 @@ class SegmentMessageStore:
                 payload = reader.read(size)
                 here = off
                 off += 8 + size
-                if here in segment.acked or (persistent_only and not payload[0] & 1):
+                if here in segment.acked:
                     continue
+                if not payload[0] & 1 and (persistent_only or here < segment.dead_below):
+                    continue  # transient: only for the broker that wrote it, never after a restart
                 yield number, here, payload
 
     def _reader(self, number: int) -> BinaryIO:

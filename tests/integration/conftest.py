@@ -10,10 +10,12 @@ from __future__ import annotations
 import contextlib
 import os
 import select
+import shutil
 import socket
 import struct
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -44,9 +46,14 @@ def free_port() -> int:
 class ConveyorProcess:
     """A Conveyor server subprocess; stderr is drained by a thread for the whole lifetime."""
 
-    def __init__(self, port: int | None = None, extra_args: list[str] | None = None) -> None:
+    def __init__(
+        self, port: int | None = None, extra_args: list[str] | None = None, data_dir: Path | None = None
+    ) -> None:
         self.host = "127.0.0.1"
         self.port = port or free_port()
+        # A data directory of its own, removed at stop, unless the test passes one to reuse across restarts.
+        self._own_data_dir = data_dir is None
+        self.data_dir = Path(tempfile.mkdtemp(prefix="conveyor-test-")) if data_dir is None else data_dir
         self.lines: list[str] = []
         self._ready = threading.Event()
         self._changed = threading.Event()
@@ -55,6 +62,7 @@ class ConveyorProcess:
         env["PYTHONUNBUFFERED"] = "1"
         env.pop(ENV_URL, None)
         cmd = [sys.executable, "-m", "conveyor", "serve", "--host", self.host, "--port", str(self.port)]
+        cmd += ["--data-dir", str(self.data_dir)]
         cmd += extra_args or []
         self.proc = subprocess.Popen(
             cmd,
@@ -106,6 +114,15 @@ class ConveyorProcess:
         self._reader.join(timeout=5)
         if self.proc.stderr is not None and not self._reader.is_alive():
             self.proc.stderr.close()
+        if self._own_data_dir:
+            shutil.rmtree(self.data_dir, ignore_errors=True)
+
+    def kill(self) -> None:
+        """SIGKILL: the crash case; the data directory stays for the next server."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=5)
+        self._reader.join(timeout=5)
 
 
 @dataclass

@@ -185,7 +185,7 @@ class ServerPair:
             handler,
             server_properties=SERVER_PROPERTIES,
             authenticate=authenticate,
-            vhost_exists=known.__contains__,
+            check_vhost=lambda user, vhost: None if vhost in known else f"vhost {vhost} not found",
             **conn_kwargs,
         )
         self.pending = pending if pending is not None else []

@@ -16,9 +16,19 @@ credit coming back. One pump run delivers up to ``PUMP_BUDGET`` messages round-r
 consumers that have credit, then reschedules itself if work remains, so one busy queue cannot starve
 the event loop and no message ever gets a task or a future of its own.
 
+Durable queues hold a message store (``store``). A persistent message is appended to it when it is
+enqueued and deleted from it when it is acked, so a restart finds exactly the messages still owed.
+To keep a long backlog off the heap, only a window of ``window`` messages lives in ``ready``; past
+that, every new message (transient ones too) goes to the store only and is counted in ``_tail_count``;
+``_tail_cursor`` is the position of the oldest such message. The pump and basic.get refill the window
+from the store in order as consumers catch up. Non-durable queues have no store and no window.
+
 Invariants
 ----------
 * ``ready`` is sorted by ``seq``; ``requeue`` keeps it so.
+* Every message in the tail is newer than every message in ``ready``; while the tail is non-empty,
+  new messages join the tail (so FIFO order holds across memory and disk).
+* An entry has a ``position`` exactly when its message is in the store.
 * ``unacked`` equals the number of delivered, not yet settled messages (no-ack deliveries excluded).
 * At most one pump is scheduled at a time (``_pump_scheduled``).
 """
@@ -28,13 +38,19 @@ from __future__ import annotations
 import heapq
 from collections import deque
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from conveyor.core.consumer import Consumer
 from conveyor.core.errors import AccessRefused, NotFound
 from conveyor.core.message import Message, QueuedMessage
+from conveyor.store.api import Position
+
+if TYPE_CHECKING:
+    from conveyor.store.api import MessageStore
 
 PUMP_BUDGET = 256
+DEFAULT_WINDOW = 4096  # messages of a durable queue kept in memory; the rest wait in the store
+_FIRST = Position(0, 0)  # before every record of a store
 
 
 class Queue:
@@ -51,6 +67,8 @@ class Queue:
         arguments: dict[str, Any] | None = None,
         schedule: Callable[[Callable[[], None]], Any] = lambda fn: fn(),
         on_unused: Callable[[Queue], None] | None = None,
+        store: MessageStore | None = None,
+        window: int = DEFAULT_WINDOW,
     ) -> None:
         self.name = name
         self.vhost_name = vhost_name
@@ -68,6 +86,10 @@ class Queue:
         self._pump_scheduled = False
         self._rr = 0
         self._seq = 0
+        self.store = store
+        self.window = window
+        self._tail_count = 0
+        self._tail_cursor: Position | None = None
 
     def __repr__(self) -> str:
         return f"Queue({self.name!r}, ready={len(self.ready)}, unacked={self.unacked})"
@@ -79,7 +101,7 @@ class Queue:
     @property
     def message_count(self) -> int:
         """Messages ready for delivery (AMQP's message-count excludes unacked ones)."""
-        return len(self.ready)
+        return len(self.ready) + self._tail_count
 
     @property
     def consumer_count(self) -> int:
@@ -91,27 +113,94 @@ class Queue:
     # -- messages in ---------------------------------------------------------------------------
 
     def push(self, message: Message) -> None:
-        self._seq += 1
-        self.ready.append(QueuedMessage(message, self, self._seq))
+        """Enqueue; raises the store's StoreError if a message that must be written cannot be."""
+        store = self.store
+        if store is None:
+            self._seq += 1
+            self.ready.append(QueuedMessage(message, self, self._seq))
+        elif self._tail_count or len(self.ready) >= self.window:
+            position = store.append(message, message.persistent)
+            if not self._tail_count:
+                self._tail_cursor = position
+            self._tail_count += 1
+        else:
+            self._seq += 1
+            entry = QueuedMessage(message, self, self._seq)
+            if message.persistent:
+                entry.position = store.append(message)
+            self.ready.append(entry)
         if self.consumers and not self._pump_scheduled:
             self._pump_scheduled = True
             self._schedule(self._pump)
+
+    def recover(self) -> int:
+        """Take up the messages the store kept across a restart; returns how many."""
+        store = self.store
+        if store is None:
+            return 0
+        count = store.count
+        if count:
+            self._tail_count = count
+            self._tail_cursor = None  # from the first live record
+            self._refill()
+        return count
+
+    def _refill(self) -> None:
+        """Move the oldest messages of the on-disk tail into memory, up to the window."""
+        store = self.store
+        wanted = self.window - len(self.ready)
+        if store is None or wanted <= 0 or not self._tail_count:
+            return
+        start = self._tail_cursor
+        if start is None:
+            start = _FIRST
+        loaded = 0
+        take = min(wanted, self._tail_count)
+        # One record more than taken, when the tail has it: its position is the new cursor.
+        for position, message, redelivered in store.read_from(start, take + 1, persistent_only=False):
+            if loaded == take:
+                self._tail_cursor = position
+                break
+            self._seq += 1
+            entry = QueuedMessage(message, self, self._seq)
+            entry.position = position
+            entry.redelivered = redelivered
+            self.ready.append(entry)
+            loaded += 1
+        self._tail_count -= loaded
+        if not self._tail_count:
+            self._tail_cursor = None
 
     # -- messages out --------------------------------------------------------------------------
 
     def get(self, no_ack: bool) -> QueuedMessage | None:
         """basic.get: take the head message, or None when nothing is ready."""
+        if self._tail_count and len(self.ready) <= self.window // 2:
+            self._refill()
         if not self.ready:
             return None
         entry = self.ready.popleft()
-        entry.delivery_count += 1
-        if not no_ack:
-            self.unacked += 1
+        self._handed_out(entry, no_ack)
         return entry
+
+    def _handed_out(self, entry: QueuedMessage, no_ack: bool) -> None:
+        entry.delivery_count += 1
+        position = entry.position
+        if no_ack:
+            if position is not None:
+                self.store.delete(position)  # type: ignore[union-attr]
+                entry.position = None
+        else:
+            self.unacked += 1
+            if position is not None:
+                self.store.mark_delivered(position)  # type: ignore[union-attr]
 
     def ack(self, entry: QueuedMessage) -> None:
         """A delivered message was settled for good (ack, or reject/nack without requeue)."""
         self.unacked -= 1
+        if entry.position is not None and self.store is not None:
+            self.store.delete(entry.position)
+            entry.position = None
 
     def requeue(self, entries: Iterable[QueuedMessage]) -> None:
         """Put delivered messages back at their original positions, marked redelivered."""
@@ -131,8 +220,18 @@ class Queue:
         self.wake()
 
     def purge(self) -> int:
-        count = len(self.ready)
+        """Drop every ready message (unacked ones stay owed); returns how many."""
+        count = len(self.ready) + self._tail_count
+        store = self.store
+        if store is not None:
+            for entry in self.ready:
+                if entry.position is not None:
+                    store.delete(entry.position)
+            if self._tail_count:
+                store.delete_from(self._tail_cursor or _FIRST)
         self.ready.clear()
+        self._tail_count = 0
+        self._tail_cursor = None
         return count
 
     # -- consumers -----------------------------------------------------------------------------
@@ -160,7 +259,7 @@ class Queue:
 
     def wake(self) -> None:
         """Credit may have come back (an ack, a qos change, a writable transport): deliver again."""
-        if self.ready and self.consumers and not self._pump_scheduled:
+        if (self.ready or self._tail_count) and self.consumers and not self._pump_scheduled:
             self._pump_scheduled = True
             self._schedule(self._pump)
 
@@ -188,17 +287,17 @@ class Queue:
         self._pump_scheduled = False
         ready = self.ready
         budget = PUMP_BUDGET
+        if self._tail_count and len(ready) <= self.window // 2:
+            self._refill()
         while ready and budget:
             consumer = self._pick()
             if consumer is None:
                 return  # nobody has credit; an ack or qos change calls wake()
             entry = ready.popleft()
-            entry.delivery_count += 1
-            if not consumer.no_ack:
-                self.unacked += 1
+            self._handed_out(entry, consumer.no_ack)
             consumer.deliver(entry)
             budget -= 1
-        if ready and self.consumers and not budget:
+        if (ready or self._tail_count) and self.consumers and not budget:
             self._pump_scheduled = True
             self._schedule(self._pump)
 
@@ -207,8 +306,12 @@ class Queue:
     def delete(self) -> int:
         """Mark deleted, tell consumers, drop ready messages; returns how many were dropped."""
         self.deleted = True
-        count = len(self.ready)
+        count = len(self.ready) + self._tail_count
         self.ready.clear()
+        self._tail_count = 0
+        if self.store is not None:
+            self.store.destroy()
+            self.store = None
         consumers, self.consumers = self.consumers, []
         for consumer in consumers:
             # Told on the next loop turn, as RabbitMQ does: the deleting client gets its delete-ok
