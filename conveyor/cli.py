@@ -8,7 +8,7 @@ import logging
 import sys
 import time
 
-from conveyor import __version__
+from conveyor import __version__, definitions_cli
 from conveyor.config import Settings
 from conveyor.store.api import StoreError
 
@@ -64,12 +64,15 @@ def _parser() -> argparse.ArgumentParser:
         "--definitions", metavar="FILE",
         help="a RabbitMQ definitions JSON file (users, vhosts, exchanges, queues, bindings, policies) to load at start",
     )
+    definitions_cli.add_subcommand(commands)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
+    if args.command == "definitions":
+        return definitions_cli.run(args)
     if args.command != "serve":
         parser.print_help()
         return 2

@@ -95,8 +95,9 @@ def add_subcommand(subparsers: Any) -> argparse.ArgumentParser:
         description="Check FILE and merge it into the data directory's definitions, as RabbitMQ's import "
         "does: an entity in FILE replaces the stored one of the same name (and vhost), everything else is "
         "added, nothing is deleted. FILE can be a RabbitMQ export (`rabbitmqctl export_definitions FILE`); "
-        "its users keep their passwords. The broker reads the definitions when it starts, so restart a "
-        "running broker to apply them. Example: conveyor definitions import rabbitmq-definitions.json",
+        "its users keep their passwords. The broker reads the definitions when it starts: import while it is "
+        "stopped (a running broker does not see the change and may overwrite it). "
+        "Example: conveyor definitions import rabbitmq-definitions.json",
     )
     import_.add_argument("file", metavar="FILE", help="definitions JSON to import; '-' reads standard input")
     import_.add_argument("--data-dir", metavar="DIR", help=data_dir_help)
@@ -159,8 +160,9 @@ def _import(args: argparse.Namespace) -> int:
         lines.append(f"  {kind}: {c['added']} added, {c['updated']} updated, {c['unchanged']} unchanged")
     print("\n".join(lines) if lines else "  nothing to import (the file defines no entities)")
     print(
-        "A running broker does not see this change: it reads the definitions at its next start, so restart it "
-        "(there is no live management API yet)."
+        "A running broker does not see this change: it reads the definitions at its next start (there is no "
+        "live management API yet). Restart it now; until then it may overwrite the file when its own durable "
+        "topology changes, so import while it is stopped when you can."
     )
     return 0
 

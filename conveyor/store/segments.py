@@ -119,6 +119,49 @@ def decode_payload(payload: bytes, decoder: Callable[[bytes], Any] | None) -> Me
     return Message(exchange, routing_key, properties, body, persistent=bool(payload[0] & 1), decoder=decoder)
 
 
+class _AppendLog:
+    """An append-only file written with unbuffered ``os.write``.
+
+    A failed append (ENOSPC, EIO) is cut back off with ``ftruncate``, so the file always ends on a
+    whole record and a later append cannot land behind garbage. No user-space buffer means nothing
+    is lost to a process crash once ``append`` returns, and the committer can fsync the fd as is.
+    """
+
+    __slots__ = ("fd", "path", "size")
+
+    def __init__(self, path: Path, size: int | None = None, header: bytes = b"") -> None:
+        self.path = path
+        try:
+            self.fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
+            if size is None:
+                size = os.fstat(self.fd).st_size
+            os.ftruncate(self.fd, size)
+            os.lseek(self.fd, size, os.SEEK_SET)
+        except OSError as exc:
+            raise StoreError(f"cannot open {path}: {exc.strerror}") from exc
+        self.size = size
+        if header and size == 0:
+            self.append(header)
+
+    def append(self, data: bytes) -> None:
+        view = memoryview(data)
+        written = 0
+        try:
+            while written < len(data):
+                written += os.write(self.fd, view[written:])
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                os.ftruncate(self.fd, self.size)
+                os.lseek(self.fd, self.size, os.SEEK_SET)
+            raise StoreError(f"cannot write to {self.path}: {exc.strerror}") from exc
+        self.size += written
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
 class _Segment:
     """What the store remembers of one segment: which records are live, which were delivered."""
 
@@ -150,11 +193,11 @@ class SegmentMessageStore:
         self.segment_size = segment_size
         self.decoder = decoder
         self.segments: dict[int, _Segment] = {}
-        self._writer: BinaryIO | None = None
+        self._writer: _AppendLog | None = None
         self._writer_segment: _Segment | None = None
-        self._acks: dict[int, BinaryIO] = {}
+        self._acks: dict[int, _AppendLog] = {}
         self._readers: dict[int, BinaryIO] = {}
-        self._dirty: list[BinaryIO] = []
+        self._dirty: list[_AppendLog] = []
         directory.mkdir(parents=True, exist_ok=True)
         if meta is not None and not (directory / "meta.json").exists():
             (directory / "meta.json").write_text(json.dumps(meta))
@@ -251,10 +294,7 @@ class SegmentMessageStore:
         writer = self._writer
         assert writer is not None
         offset = segment.end
-        try:
-            writer.write(record)
-        except OSError as exc:
-            raise StoreError(f"cannot write to {self.directory}: {exc.strerror}") from exc
+        writer.append(record)  # raises StoreError, leaving the file as it was
         segment.end += len(record)
         segment.live += 1
         self._mark_dirty(writer)
@@ -262,49 +302,43 @@ class SegmentMessageStore:
 
     def _roll(self) -> _Segment:
         """Open the newest segment for appending, or start a new one when it is full."""
+        previous = self._writer_segment
         if self._writer is not None:
-            self._writer.flush()
             self._writer.close()
             self._writer = None
         last = max(self.segments) if self.segments else 0
         current = self.segments.get(last)
-        if current is not None and self._writer_segment is None and current.end < self.segment_size:
+        if current is not None and previous is None and current.end < self.segment_size:
             segment = current  # after a restart, continue the newest segment
-            path = self._path("msgs", last)
-            writer = open(path, "r+b")  # noqa: SIM115 - kept open for the life of the store
-            writer.seek(segment.end)
+            self._writer = _AppendLog(self._path("msgs", last), segment.end)
         else:
             segment = _Segment(last + 1)
+            self._writer = _AppendLog(self._path("msgs", segment.number), 0, HEADER)
             self.segments[segment.number] = segment
-            path = self._path("msgs", segment.number)
-            try:
-                writer = open(path, "wb")  # noqa: SIM115
-                writer.write(HEADER)
-            except OSError as exc:
-                raise StoreError(f"cannot create {path}: {exc.strerror}") from exc
-            if current is not None and current.live == 0 and self._writer_segment is current:
+            if current is not None and current.live == 0 and previous is current:
                 self._remove_segment(current.number)
-        self._writer = writer
         self._writer_segment = segment
         return segment
 
-    def _ack_log(self, number: int) -> BinaryIO:
+    def _ack_log(self, number: int) -> _AppendLog:
         log = self._acks.get(number)
         if log is None:
-            log = open(self._path("acks", number), "ab")  # noqa: SIM115
+            path = self._path("acks", number)
+            size = path.stat().st_size if path.exists() else 0
+            log = _AppendLog(path, size - size % 4)  # a torn entry at the end is cut off
             self._acks[number] = log
         return log
 
-    def _mark_dirty(self, f: BinaryIO) -> None:
+    def _mark_dirty(self, log: _AppendLog) -> None:
         if not self._dirty and self.committer is not None:
             self.committer.mark_dirty(self)
-        if f not in self._dirty:
-            self._dirty.append(f)
+        if log not in self._dirty:
+            self._dirty.append(log)
 
     def mark_delivered(self, position: Position) -> None:
         """Note a delivery, so a crash brings the message back flagged redelivered. Not fsynced."""
-        with contextlib.suppress(OSError):  # losing a marker loses a redelivered flag, never a message
-            self._ack_log(position.segment).write(_U32.pack(position.offset | DELIVERED))
+        with contextlib.suppress(StoreError):  # losing a marker loses a redelivered flag, never a message
+            self._ack_log(position.segment).append(_U32.pack(position.offset | DELIVERED))
 
     def delete(self, position: Position) -> None:
         """The message was acked: log it, and drop the segment when nothing in it is live."""
@@ -317,10 +351,7 @@ class SegmentMessageStore:
             self._remove_segment(segment.number)
             return
         log = self._ack_log(position.segment)
-        try:
-            log.write(_U32.pack(position.offset))
-        except OSError as exc:
-            raise StoreError(f"cannot write to {self.directory}: {exc.strerror}") from exc
+        log.append(_U32.pack(position.offset))  # if this fails the message comes back after a restart
         self._mark_dirty(log)
 
     def delete_from(self, position: Position) -> int:
@@ -362,8 +393,6 @@ class SegmentMessageStore:
 
     def _records_from(self, position: Position, persistent_only: bool) -> Iterator[tuple[int, int, bytes]]:
         """``(segment, offset, payload)`` of each live record from ``position`` on."""
-        if self._writer is not None:
-            self._writer.flush()
         for number in sorted(n for n in self.segments if n >= position.segment):
             segment = self.segments.get(number)
             if segment is None:
@@ -398,14 +427,9 @@ class SegmentMessageStore:
     # -- durability ----------------------------------------------------------------------------
 
     def flush_for_sync(self) -> list[int]:
-        """Push buffered writes to the OS and return the file descriptors the committer must fsync."""
+        """The file descriptors written since the last call, for the committer to fsync."""
         dirty, self._dirty = self._dirty, []
-        fds = []
-        for f in dirty:
-            if not f.closed:
-                f.flush()
-                fds.append(f.fileno())
-        return fds
+        return [log.fd for log in dirty if log.fd >= 0]
 
     def sync(self, callback: Callable[[], None]) -> None:
         """Flush and fsync now, on this thread (tests and shutdown; the broker uses the committer)."""
@@ -413,24 +437,24 @@ class SegmentMessageStore:
             os.fsync(fd)
         callback()
 
-    def close(self) -> None:
-        self.sync(lambda: None)
-        for f in [self._writer, *self._acks.values(), *self._readers.values()]:
-            if f is not None:
-                f.close()
+    def _close_files(self) -> None:
+        for log in [self._writer, *self._acks.values()]:
+            if log is not None:
+                log.close()
+        for reader in self._readers.values():
+            reader.close()
         self._writer = None
         self._writer_segment = None
         self._acks.clear()
         self._readers.clear()
+        self._dirty.clear()
+
+    def close(self) -> None:
+        self.sync(lambda: None)
+        self._close_files()
 
     def destroy(self) -> None:
         """The queue was deleted: its files go."""
-        self._dirty.clear()
-        for f in [self._writer, *self._acks.values(), *self._readers.values()]:
-            if f is not None:
-                f.close()
-        self._writer = None
-        self._acks.clear()
-        self._readers.clear()
+        self._close_files()
         self.segments.clear()
         shutil.rmtree(self.directory, ignore_errors=True)
