@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
+import os
 import platform
 import shutil
 import signal
@@ -31,6 +33,9 @@ from conveyor.store.segments import SegmentMessageStore, check_data_dir
 from conveyor.store.sync import GroupCommitter
 
 log = logging.getLogger("conveyor")
+
+DISK_PROBE_INTERVAL = 1.0  # seconds between write probes while the disk alarm is on
+DISK_PROBE_BYTES = 1024 * 1024  # the probe must fit before publishers may write again
 
 # What connection.start advertises. Clients switch features on from this table, so it lists only
 # what works (DESIGN.md).
@@ -65,6 +70,7 @@ class Broker:
         self._servers: list[asyncio.Server] = []
         self._definitions_dirty = False
         self._recovering = False
+        self.disk_alarm = False
 
     # -- durable state -------------------------------------------------------------------------
 
@@ -106,8 +112,12 @@ class Broker:
 
     def save_definitions_if_changed(self) -> None:
         if self._definitions_dirty:
+            try:
+                self.definition_store.save(topology.snapshot(self))
+            except StoreError as exc:  # kept dirty: saved again on the next change or at shutdown
+                self.store_failed(exc)
+                return
             self._definitions_dirty = False
-            self.definition_store.save(topology.snapshot(self))
 
     def recover(self) -> None:
         """Bring back durable topology and messages from the data directory (and --definitions)."""
@@ -161,8 +171,40 @@ class Broker:
                 log.warning("removing message store of a queue that no longer exists dir=%s", directory)
                 shutil.rmtree(directory, ignore_errors=True)
 
+    # -- disk alarm ----------------------------------------------------------------------------
+
     def store_failed(self, exc: Exception) -> None:
-        log.error("cannot store a message: %s", exc)
+        """A message could not be written (disk full, I/O error): block publishers until writes work.
+
+        As RabbitMQ's disk alarm: connections that publish get connection.blocked and are no longer
+        read from; consumers keep draining. The message that failed was nacked or refused by the
+        session, never dropped silently. A probe write every second lifts the alarm.
+        """
+        if self.disk_alarm:
+            return
+        self.disk_alarm = True
+        log.error("disk alarm: cannot store messages (%s); publishers are blocked until writes succeed", exc)
+        for protocol in list(self.connections):
+            protocol.apply_alarm()
+        self.loop.call_later(DISK_PROBE_INTERVAL, self._probe_disk)
+
+    def _probe_disk(self) -> None:
+        probe = self.data_dir / ".disk-probe"
+        try:
+            with open(probe, "wb") as f:
+                f.write(b"\0" * DISK_PROBE_BYTES)
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError:
+            self.loop.call_later(DISK_PROBE_INTERVAL, self._probe_disk)
+            return
+        finally:
+            with contextlib.suppress(OSError):
+                probe.unlink()
+        self.disk_alarm = False
+        log.warning("disk alarm cleared: writes succeed again; publishers unblocked")
+        for protocol in list(self.connections):
+            protocol.apply_alarm()
 
     def server_properties(self) -> dict[str, Any]:
         return {

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from conveyor.amqp import connection as amqp_connection
+from conveyor.amqp import spec
 from conveyor.amqp.connection import Connection
 from conveyor.amqp.session import Session
 
@@ -49,6 +50,7 @@ class AMQPProtocol(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
         self._opened = False
         self._close_timer_armed = False
+        self._blocked = False  # reading paused by the disk alarm
 
     # -- asyncio.Protocol ----------------------------------------------------------------------
 
@@ -65,6 +67,8 @@ class AMQPProtocol(asyncio.Protocol):
         conn.receive_data(data)
         self.session.flush_confirms()
         self.broker.save_definitions_if_changed()  # durable topology is on disk before the reply goes
+        if self.broker.disk_alarm and not self._blocked:
+            self.apply_alarm()
         if not self._opened and conn.state == amqp_connection.OPEN:
             self._on_open()
         self._flush()
@@ -84,6 +88,27 @@ class AMQPProtocol(asyncio.Protocol):
                 )
             elif self.conn.close_reason:
                 log.info("connection refused peer=%s reason=%r", self.peer, self.conn.close_reason)
+
+    def apply_alarm(self) -> None:
+        """Block (or unblock) this connection to follow the broker's disk alarm.
+
+        Only connections that have published are blocked, as RabbitMQ does, so consumers can drain
+        queues while publishers wait. Clients that announced the capability are told why.
+        """
+        block = self.broker.disk_alarm and self.session.has_published
+        if block == self._blocked or self.transport is None or self.conn.state != amqp_connection.OPEN:
+            return
+        self._blocked = block
+        if self.conn.capabilities.get("connection.blocked"):
+            method = spec.ConnectionBlocked(reason="low on disk") if block else spec.ConnectionUnblocked()
+            self.conn.send_method(0, method)
+        if block:
+            self.transport.pause_reading()
+            log.warning("connection blocked peer=%s reason='low on disk'", self.peer)
+        else:
+            self.transport.resume_reading()
+            log.info("connection unblocked peer=%s", self.peer)
+        self._flush()
 
     def pause_writing(self) -> None:
         self.session.set_paused(True)

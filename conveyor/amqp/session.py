@@ -32,6 +32,7 @@ class Session:
         self.vhost: VirtualHost = None  # type: ignore[assignment]
         self.channels: dict[int, Channel] = {}
         self._confirming: set[Channel] = set()  # channels with confirms to send after this input
+        self.has_published = False  # publishers, not consumers, are blocked by a disk alarm
         self._sync_marks: dict[Channel, int] = {}  # per channel, the last publish that awaits a group commit
 
     # -- connection callbacks ------------------------------------------------------------------
@@ -241,6 +242,7 @@ class Session:
     def _publish(self, channel: Channel, m: spec.BasicPublish, properties: bytes, body: bytes) -> None:
         if m.immediate:
             raise HardError(spec.NOT_IMPLEMENTED, "immediate=true")
+        self.has_published = True
         if len(properties) > 1 and properties[1] & _USER_ID_FLAG:
             user_id = spec.BasicProperties.decode(properties).user_id
             if user_id != self.conn.user:

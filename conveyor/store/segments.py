@@ -198,6 +198,7 @@ class SegmentMessageStore:
         self._acks: dict[int, _AppendLog] = {}
         self._readers: dict[int, BinaryIO] = {}
         self._dirty: list[_AppendLog] = []
+        self._last_number = 0  # the highest segment number ever used in this directory
         directory.mkdir(parents=True, exist_ok=True)
         if meta is not None and not (directory / "meta.json").exists():
             (directory / "meta.json").write_text(json.dumps(meta))
@@ -210,6 +211,7 @@ class SegmentMessageStore:
 
     def _scan(self) -> None:
         numbers = sorted(int(p.name[5:]) for p in self.directory.glob("msgs.*") if p.name[5:].isdigit())
+        self._last_number = numbers[-1] if numbers else 0
         for number in numbers:
             segment = _Segment(number)
             self._read_acks(segment)
@@ -306,13 +308,15 @@ class SegmentMessageStore:
         if self._writer is not None:
             self._writer.close()
             self._writer = None
-        last = max(self.segments) if self.segments else 0
+        last = self._last_number
         current = self.segments.get(last)
         if current is not None and previous is None and current.end < self.segment_size:
             segment = current  # after a restart, continue the newest segment
             self._writer = _AppendLog(self._path("msgs", last), segment.end)
         else:
-            segment = _Segment(last + 1)
+            # Numbers are never reused, so a stale position can never name a record of a newer segment.
+            self._last_number += 1
+            segment = _Segment(self._last_number)
             self._writer = _AppendLog(self._path("msgs", segment.number), 0, HEADER)
             self.segments[segment.number] = segment
             if current is not None and current.live == 0 and previous is current:
@@ -347,7 +351,12 @@ class SegmentMessageStore:
             return
         segment.acked.add(position.offset)
         segment.live -= 1
-        if segment.live == 0 and segment is not self._writer_segment:
+        if segment.live == 0:
+            if segment is self._writer_segment:  # fully acked: free its space now (a full disk needs it)
+                assert self._writer is not None
+                self._writer.close()
+                self._writer = None
+                self._writer_segment = None
             self._remove_segment(segment.number)
             return
         log = self._ack_log(position.segment)
