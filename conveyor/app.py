@@ -146,7 +146,7 @@ class Broker:
                 count = queue.recover()
                 total += count
                 if count:
-                    elapsed = time.monotonic() - queue_started
+                    elapsed = time.monotonic() - queue_started + getattr(queue.store, "scan_seconds", 0.0)
                     log.info(
                         "recovered queue=%r vhost=%r messages=%d seconds=%.3f",
                         queue.name, vhost.name, count, elapsed,

@@ -40,6 +40,7 @@ import json
 import os
 import shutil
 import struct
+import time
 import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -202,8 +203,9 @@ class SegmentMessageStore:
         directory.mkdir(parents=True, exist_ok=True)
         if meta is not None and not (directory / "meta.json").exists():
             (directory / "meta.json").write_text(json.dumps(meta))
+        started = time.monotonic()
         self._scan()
-
+        self.scan_seconds = time.monotonic() - started  # reported in the recovery log line
     # -- recovery scan -------------------------------------------------------------------------
 
     def _path(self, kind: str, number: int) -> Path:
