@@ -17,17 +17,23 @@ from conveyor.amqp.values import DecodeError, decode_table
 _U32 = struct.Struct("!I")
 
 
+def _after_strings(properties: bytes, flags: int) -> int:
+    """The offset just past content-type and content-encoding (the two short strings that lead)."""
+    off = 2
+    if flags & 0x8000:
+        off += 1 + properties[off]
+    if flags & 0x4000:
+        off += 1 + properties[off]
+    return off
+
+
 def decode_headers(properties: bytes) -> dict[str, Any] | None:
     """The headers table from raw basic properties (the core's lazy decoder)."""
     try:
         flags = (properties[0] << 8) | properties[1]
         if not flags & 0x2000:
             return None
-        off = 2
-        for bit in (0x8000, 0x4000):
-            if flags & bit:
-                off += 1 + properties[off]
-        table, _ = decode_table(properties, off)
+        table, _ = decode_table(properties, _after_strings(properties, flags))
     except IndexError as exc:
         raise DecodeError("content header properties run past the end of the frame") from exc
     return table
@@ -39,10 +45,7 @@ def is_persistent(properties: bytes) -> bool:
         flags = (properties[0] << 8) | properties[1]
         if not flags & 0x1000:
             return False
-        off = 2
-        for bit in (0x8000, 0x4000):
-            if flags & bit:
-                off += 1 + properties[off]
+        off = _after_strings(properties, flags)
         if flags & 0x2000:
             off += 4 + _U32.unpack_from(properties, off)[0]
         return properties[off] == 2
