@@ -11,6 +11,8 @@ Contract, for every implementation (tests run the same suite against each):
 * ``delete`` is idempotent for a known position.
 * ``sync(callback)`` calls ``callback`` once everything appended before the call is durable (at
   once for the memory store). Publisher confirms for persistent messages wait on it.
+* ``recover`` is what a queue calls after a (re)start: transient records are forgotten, since they
+  do not survive a restart, and the number of live persistent messages is returned.
 * ``recovered`` yields the persistent messages that were appended and not deleted, in order, with
   whether each was delivered before (its redelivered flag); ``read_from`` does the same from a
   position on, transient records included when asked (the backlog paged out of memory).
@@ -42,6 +44,7 @@ class MessageStore(Protocol):
     def read_from(
         self, position: Position, limit: int | None, *, persistent_only: bool = True
     ) -> Iterator[tuple[Position, Message, bool]]: ...
+    def recover(self) -> int: ...
     def recovered(self) -> Iterator[tuple[Position, Message, bool]]: ...
     def sync(self, callback: Callable[[], None]) -> None: ...
     def close(self) -> None: ...

@@ -58,10 +58,14 @@ class MemoryMessageStore:
             if limit is not None and count >= limit:
                 return
 
-    def recovered(self) -> Iterator[tuple[Position, Message, bool]]:
-        # A restart forgets transient messages, as the segment store's recovery does.
+    def recover(self) -> int:
+        # A restart forgets transient messages, as the segment store's scan does.
         for p in [p for p, (_, persistent) in self._messages.items() if not persistent]:
             self.delete(p)
+        return len(self._messages)
+
+    def recovered(self) -> Iterator[tuple[Position, Message, bool]]:
+        self.recover()
         return self.read_from(Position(0, 0), None)
 
     def sync(self, callback: Callable[[], None]) -> None:

@@ -25,7 +25,12 @@ Invariants
 * A segment is rolled over when it passes ``segment_size``; only the newest segment is appended to.
 * A record is *live* until acked. Transient records (flags bit 0 clear) are written only when the queue
   pages its backlog out of memory; they are dead after a restart, since transient messages do not
-  survive one. A segment whose records are all dead, other than the newest, is deleted with its ack log.
+  survive one. A segment whose records are all dead is deleted with its ack log, the one being written
+  included (a drained queue frees its disk at once); at start-up the newest is kept to append to.
+* Ack-log entries naming offsets past a torn tail are dropped (on disk too) before anything is appended,
+  so a new record written at that offset never inherits a stale ack.
+* New segment files and their directory entries are fsynced by the commit after their creation; a
+  writer retired by a rollover stays open until the commit that covers its last records.
 * Recovery checks every record's length and CRC; the first bad one in a segment marks a torn write
   (a crash mid-append): the file is truncated there and nothing after it is ever delivered. A torn
   ack entry (fewer than 4 bytes at the end) is ignored.
@@ -200,6 +205,9 @@ class SegmentMessageStore:
         self._readers: dict[int, BinaryIO] = {}
         self._dirty: list[_AppendLog] = []
         self._last_number = 0  # the highest segment number ever used in this directory
+        self._retired: list[_AppendLog] = []  # rolled-over writers still owed an fsync
+        self._directory_changed = False  # a file was created since the last commit
+        self._directory_fd = -1
         directory.mkdir(parents=True, exist_ok=True)
         if meta is not None and not (directory / "meta.json").exists():
             (directory / "meta.json").write_text(json.dumps(meta))
@@ -218,11 +226,40 @@ class SegmentMessageStore:
             segment = _Segment(number)
             self._read_acks(segment)
             self._check_records(segment)
+            self._drop_stale_acks(segment)
             self.segments[number] = segment
         # Segments with nothing live left (e.g. acks written just before a crash) go now.
         for number in numbers[:-1]:
             if self.segments[number].live == 0:
                 self._remove_segment(number)
+
+    def _drop_stale_acks(self, segment: _Segment) -> None:
+        """Forget ack-log entries for offsets past a torn tail, on disk too.
+
+        Page-cache writeback has no order: an ack may reach the disk while the record it names does
+        not. After truncation, a new record lands at that offset and must not inherit the old entry.
+        """
+        stale = {o for o in segment.acked | segment.delivered if o >= segment.end}
+        if not stale:
+            return
+        segment.acked -= stale
+        segment.delivered -= stale
+        entries = [o for o in sorted(segment.acked)] + [o | DELIVERED for o in sorted(segment.delivered)]
+        path = self._path("acks", segment.number)
+        tmp = path.with_name(path.name + ".tmp")
+        with open(tmp, "wb") as f:
+            f.write(b"".join(_U32.pack(e) for e in entries))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        self._fsync_directory()
+
+    def _fsync_directory(self) -> None:
+        fd = os.open(self.directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
     def _read_acks(self, segment: _Segment) -> None:
         path = self._path("acks", segment.number)
@@ -283,6 +320,10 @@ class SegmentMessageStore:
         """Live persistent messages found on disk, in order, with their redelivered flag."""
         return self.read_from(Position(0, 0), None)
 
+    def recover(self) -> int:
+        """Transient records were already left out by the scan at open; live persistent ones remain."""
+        return self.count
+
     @property
     def count(self) -> int:
         return sum(s.live for s in self.segments.values())
@@ -308,7 +349,10 @@ class SegmentMessageStore:
         """Open the newest segment for appending, or start a new one when it is full."""
         previous = self._writer_segment
         if self._writer is not None:
-            self._writer.close()
+            if self._writer in self._dirty:
+                self._retired.append(self._writer)  # closed after the commit that fsyncs it
+            else:
+                self._writer.close()
             self._writer = None
         last = self._last_number
         current = self.segments.get(last)
@@ -320,6 +364,7 @@ class SegmentMessageStore:
             self._last_number += 1
             segment = _Segment(self._last_number)
             self._writer = _AppendLog(self._path("msgs", segment.number), 0, HEADER)
+            self._directory_changed = True  # the new file's name must be durable too
             self.segments[segment.number] = segment
             if current is not None and current.live == 0 and previous is current:
                 self._remove_segment(current.number)
@@ -438,9 +483,20 @@ class SegmentMessageStore:
     # -- durability ----------------------------------------------------------------------------
 
     def flush_for_sync(self) -> list[int]:
-        """The file descriptors written since the last call, for the committer to fsync."""
+        """The file descriptors written since the last call, for the committer to fsync (it dups them
+        at once). Writers retired by a rollover are handed over once more, then closed next time."""
+        for log in self._retired:
+            if log not in self._dirty:
+                log.close()
+        self._retired = [log for log in self._retired if log.fd >= 0]
         dirty, self._dirty = self._dirty, []
-        return [log.fd for log in dirty if log.fd >= 0]
+        fds = [log.fd for log in dirty if log.fd >= 0]
+        if self._directory_changed:
+            self._directory_changed = False
+            if self._directory_fd < 0:
+                self._directory_fd = os.open(self.directory, os.O_RDONLY)
+            fds.append(self._directory_fd)
+        return fds
 
     def sync(self, callback: Callable[[], None]) -> None:
         """Flush and fsync now, on this thread (tests and shutdown; the broker uses the committer)."""
@@ -449,7 +505,7 @@ class SegmentMessageStore:
         callback()
 
     def _close_files(self) -> None:
-        for log in [self._writer, *self._acks.values()]:
+        for log in [self._writer, *self._acks.values(), *self._retired]:
             if log is not None:
                 log.close()
         for reader in self._readers.values():
@@ -459,6 +515,11 @@ class SegmentMessageStore:
         self._acks.clear()
         self._readers.clear()
         self._dirty.clear()
+        self._retired.clear()
+        self._directory_changed = False
+        if self._directory_fd >= 0:
+            os.close(self._directory_fd)
+            self._directory_fd = -1
 
     def close(self) -> None:
         self.sync(lambda: None)

@@ -138,7 +138,7 @@ class Queue:
         store = self.store
         if store is None:
             return 0
-        count = store.count
+        count = store.recover()  # forgets transient messages, which do not survive a restart
         if count:
             self._tail_count = count
             self._tail_cursor = None  # from the first live record
@@ -287,9 +287,12 @@ class Queue:
         self._pump_scheduled = False
         ready = self.ready
         budget = PUMP_BUDGET
-        if self._tail_count and len(ready) <= self.window // 2:
-            self._refill()
-        while ready and budget:
+        while budget:
+            if self._tail_count and len(ready) <= self.window // 2:
+                self._refill()
+                ready = self.ready
+            if not ready:
+                break
             consumer = self._pick()
             if consumer is None:
                 return  # nobody has credit; an ack or qos change calls wake()
