@@ -46,6 +46,19 @@ class LoopClock:
         return self._loop.call_later(max(delay, 0.0), callback)  # type: ignore[no-any-return]
 
 
+class SystemClock:
+    """Real time with timers that never fire: for a core used without an event loop (scripts)."""
+
+    def now(self) -> float:
+        return time.monotonic()
+
+    def wall(self) -> float:
+        return time.time()
+
+    def call_later(self, delay: float, callback: Callable[[], None]) -> Timer:
+        raise RuntimeError("SystemClock has no timers: give the core a LoopClock or a ManualClock")
+
+
 class _ManualTimer:
     __slots__ = ("callback", "cancelled", "due")
 

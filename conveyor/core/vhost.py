@@ -16,6 +16,7 @@ import os
 from collections.abc import Callable
 from typing import Any
 
+from conveyor.core.clock import Clock, SystemClock
 from conveyor.core.errors import (
     AccessRefused,
     CommandInvalid,
@@ -72,8 +73,13 @@ class VirtualHost:
         *,
         store_factory: Callable[[Queue], MessageStore] | None = None,
         on_topology_change: Callable[[], None] | None = None,
+        clock: Clock | None = None,
+        delayed_store_factory: Callable[[Exchange], Any] | None = None,
     ) -> None:
         self.name = name
+        self.clock: Clock = clock or SystemClock()
+        # A store for each durable exchange that holds messages back (x-delayed-message).
+        self.delayed_store_factory = delayed_store_factory
         # Durability hooks, supplied by the broker: a message store for each queue that survives a
         # restart, and a call after every change to durable topology (to save the definitions).
         self.store_factory = store_factory
@@ -134,6 +140,9 @@ class VirtualHost:
         if cls is None:
             raise CommandInvalid(f"unknown exchange type '{kind}'")
         exchange = cls(name, durable=durable, auto_delete=auto_delete, internal=internal, arguments=arguments)
+        if exchange.DEFERS:
+            store = self.delayed_store_factory(exchange) if durable and self.delayed_store_factory else None
+            exchange.attach(self.release, self.clock, store)  # type: ignore[attr-defined]
         self.exchanges[name] = exchange
         if durable:
             self._changed()
@@ -157,6 +166,8 @@ class VirtualHost:
 
     def _remove_exchange(self, exchange: Exchange) -> None:
         del self.exchanges[exchange.name]
+        if exchange.DEFERS:
+            exchange.destroy()  # type: ignore[attr-defined]  # held messages go with it, as in RabbitMQ
         for other in list(self.exchanges.values()):
             if other.unbind_all(exchange):
                 self._maybe_auto_delete(other)
@@ -365,6 +376,13 @@ class VirtualHost:
             raise NotFound(f"no {self._exchange_text(exchange_name)}")
         if exchange.internal:
             raise AccessRefused(f"cannot publish to internal {self._exchange_text(exchange_name)}")
+        if exchange.DEFERS:
+            exchange.defer(message)  # type: ignore[attr-defined]
+            return []
+        return self.release(exchange, message)
+
+    def release(self, exchange: Exchange, message: Message) -> list[Queue]:
+        """Route and enqueue now (a deferring exchange calls this when a held message falls due)."""
         queues = self.route(exchange, message)
         for queue in queues:
             queue.push(message)

@@ -62,6 +62,9 @@ class Exchange:
     # True only for headers: ``route`` then needs the message headers, which the caller may have to
     # decode from raw properties; every other type lets the caller skip that work.
     NEEDS_HEADERS: ClassVar[bool] = False
+    # True for exchanges that hold messages back (x-delayed-message): VirtualHost.publish hands them
+    # the message through ``defer`` instead of routing, and they call the vhost's ``release`` later.
+    DEFERS: ClassVar[bool] = False
 
     # Slots for the attributes routing touches; __dict__ and __weakref__ stay available so that the
     # vhost may attach its own state (policies, alternate exchange) or hold exchanges weakly.
