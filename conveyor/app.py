@@ -19,6 +19,8 @@ from conveyor.amqp.properties import decode_headers
 from conveyor.amqp.server import AMQPProtocol
 from conveyor.amqp.values import DecodeError, decode_table
 from conveyor.config import Settings
+from conveyor.core.clock import LoopClock
+from conveyor.core.exchange.base import Exchange
 from conveyor.core.queue.classic import Queue
 from conveyor.core.vhost import VirtualHost
 from conveyor.store.api import MessageStore, StoreError
@@ -48,6 +50,7 @@ CAPABILITIES = {
     "consumer_priorities": True,
     "authentication_failure_close": True,
     "per_consumer_qos": True,
+    "direct_reply_to": True,
 }
 
 
@@ -57,6 +60,9 @@ class Broker:
         self.loop = asyncio.get_running_loop()
         self.data_dir = Path(settings.data_dir).expanduser()
         self.committer = GroupCommitter(self.loop)
+        self.clock = LoopClock(self.loop)
+        # basic.consume acknowledgement timeout in ms (RabbitMQ's consumer_timeout); None = off.
+        self.consumer_timeout: int | None = settings.consumer_timeout or None
         self.definition_store = FileDefinitionStore(
             self.data_dir / "definitions.json", default_user=settings.default_user,
             default_pass=settings.default_pass, default_vhost=settings.default_vhost,
@@ -82,7 +88,10 @@ class Broker:
                 schedule=self.loop.call_soon,
                 store_factory=self._open_store,
                 on_topology_change=self.topology_changed,
+                clock=self.clock,
+                delayed_store_factory=self._open_delayed_store,
             )
+            vhost.set_policies(self.policies)
             self.vhosts[name] = vhost
             self.topology_changed()
         return vhost
@@ -99,6 +108,13 @@ class Broker:
             decoder=decode_headers,
             meta={"vhost": queue.vhost_name, "queue": queue.name},
         )
+
+    def _open_delayed_store(self, exchange: Exchange) -> Any:
+        from conveyor.store.delayed import DelayedStore
+
+        vhost = next((v.name for v in self.vhosts.values() if v.exchanges.get(exchange.name) is exchange), "")
+        digest = hashlib.sha1(f"{vhost}\x00{exchange.name}".encode("utf-8", "surrogateescape")).hexdigest()
+        return DelayedStore(self.data_dir / "delayed" / digest[:24], committer=self.committer, decoder=decode_headers)
 
     def topology_changed(self) -> None:
         """Durable topology changed: save the definitions before the client hears back.
@@ -141,6 +157,12 @@ class Broker:
         self._remove_orphan_stores()
         total = 0
         for vhost in self.vhosts.values():
+            for exchange in vhost.exchanges.values():
+                if exchange.DEFERS:
+                    held = exchange.recover()  # type: ignore[attr-defined]
+                    if held:
+                        log.info("recovered delayed messages exchange=%r vhost=%r messages=%d",
+                                 exchange.name, vhost.name, held)
             for queue in vhost.queues.values():
                 queue_started = time.monotonic()
                 count = queue.recover()
@@ -263,6 +285,9 @@ class Broker:
             for queue in vhost.queues.values():
                 if queue.store is not None:
                     queue.store.close()
+            for exchange in vhost.exchanges.values():
+                if exchange.DEFERS:
+                    exchange.close()  # type: ignore[attr-defined]
         self.committer.close()
 
 

@@ -61,6 +61,10 @@ def _parser() -> argparse.ArgumentParser:
         help=f"where durable exchanges, queues and persistent messages are kept (default {defaults.data_dir})",
     )
     serve.add_argument(
+        "--consumer-timeout", type=int, metavar="MS",
+        help="close a consumer's channel when a delivery stays unacked this long (default off, as 0)",
+    )
+    serve.add_argument(
         "--definitions", metavar="FILE",
         help="a RabbitMQ definitions JSON file (users, vhosts, exchanges, queues, bindings, policies) to load at start",
     )
@@ -79,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = Settings.from_env().with_overrides(
         host=args.host, port=args.port, heartbeat=args.heartbeat, frame_max=args.frame_max,
         channel_max=args.channel_max, log_level=args.log_level, data_dir=args.data_dir,
-        definitions=args.definitions,
+        definitions=args.definitions, consumer_timeout=args.consumer_timeout,
     )
     _setup_logging(settings.log_level)
     from conveyor.app import serve  # after logging is set up

@@ -21,6 +21,7 @@ class Settings:
     data_dir: str = "~/.local/share/conveyor"  # durable topology and messages live here
     definitions: str = ""  # a RabbitMQ definitions JSON file to load at boot, if any
     segment_size: int = 8 * 1024 * 1024  # bytes per message-store segment file
+    consumer_timeout: int = 0  # ms a delivery may stay unacked before its channel is closed; 0 = off
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Settings:

@@ -90,6 +90,8 @@ def apply(broker: Broker, definitions: dict[str, Any]) -> dict[str, int]:
     broker.policies = [p for p in broker.policies if (p.get("vhost", "/"), p["name"]) not in names]
     broker.policies.extend(dict(p) for p in definitions.get("policies", []))
     counts["policies"] = len(names)
+    for vhost in broker.vhosts.values():
+        vhost.set_policies(broker.policies)
     for key in ("topic_permissions", "parameters", "global_parameters"):
         if definitions.get(key):
             broker.kept_definitions[key] = list(definitions[key])

@@ -10,26 +10,48 @@ channel's consumers. Zero means unlimited. ``can_deliver`` checks both.
 
 from __future__ import annotations
 
+import logging
 from collections import OrderedDict, deque
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from conveyor.amqp import spec
-from conveyor.amqp.errors import SoftError
+from conveyor.amqp.errors import SoftError, reply_text
+from conveyor.core.clock import Timer
 from conveyor.core.message import QueuedMessage
 from conveyor.core.queue.classic import Queue
 
 if TYPE_CHECKING:
+    from conveyor.amqp.reply_to import ReplyConsumer
     from conveyor.amqp.session import Session
+
+log = logging.getLogger("conveyor.amqp")
+
+Unacked = tuple[QueuedMessage, "AMQPConsumer | None", "float | None"]  # entry, consumer, ack deadline
+
+
+def queue_timeout(queue: Queue, broker: Any) -> int | None:
+    """The acknowledgement timeout (ms) for deliveries from ``queue`` when the consumer sets none:
+    the queue's (argument or policy), else the broker's ``consumer_timeout``; None when off."""
+    settings = getattr(queue, "settings", None)
+    seconds = getattr(settings, "consumer_timeout", None)
+    if seconds is not None:
+        return round(seconds * 1000)
+    value = queue.arguments.get("x-consumer-timeout")
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return value
+    return getattr(broker, "consumer_timeout", None) or None
 
 
 class AMQPConsumer:
     """A basic.consume subscription; implements ``conveyor.core.consumer.Consumer``."""
 
-    __slots__ = ("channel", "exclusive", "no_ack", "owner", "prefetch", "priority", "queue", "tag", "unacked")
+    __slots__ = (
+        "channel", "exclusive", "no_ack", "owner", "prefetch", "priority", "queue", "tag", "timeout", "unacked",
+    )
 
     def __init__(self, channel: Channel, queue: Queue, tag: str, no_ack: bool, exclusive: bool,
-                 priority: int, prefetch: int) -> None:
+                 priority: int, prefetch: int, timeout: int | None = None) -> None:
         self.channel = channel
         self.queue = queue
         self.tag = tag
@@ -39,6 +61,7 @@ class AMQPConsumer:
         self.prefetch = prefetch
         self.owner = channel.session
         self.unacked = 0
+        self.timeout = timeout  # ms an unacked delivery may stay unacked; None: no limit
 
     def can_deliver(self) -> bool:
         channel = self.channel
@@ -55,7 +78,8 @@ class AMQPConsumer:
         channel.next_tag += 1
         tag = channel.next_tag
         if not self.no_ack:
-            channel.unacked[tag] = (entry, self)
+            timeout = self.timeout
+            channel.unacked[tag] = (entry, self, channel.deadline(timeout) if timeout else None)
             self.unacked += 1
         message = entry.message
         channel.session.conn.send_content(
@@ -74,7 +98,8 @@ class Channel:
         self.session = session
         self.id = channel_id
         self.consumers: dict[str, AMQPConsumer] = {}
-        self.unacked: OrderedDict[int, tuple[QueuedMessage, AMQPConsumer | None]] = OrderedDict()
+        self.unacked: OrderedDict[int, Unacked] = OrderedDict()
+        self.reply: ReplyConsumer | None = None  # the direct reply-to consumer, if any
         self.next_tag = 0
         self.prefetch = 0  # for consumers created from now on (global=false)
         self.global_prefetch = 0  # shared by every consumer of the channel (global=true)
@@ -87,10 +112,14 @@ class Channel:
         self.failed: set[int] = set()  # publish seqs to nack (not stored, or their fsync failed)
         self.tx: list[tuple[Any, ...]] | None = None  # pending publishes/acks in tx mode
         self.tx_settled: set[int] = set()  # tags settled in the open transaction (a second settle is an error)
+        self._timer: Timer | None = None  # the acknowledgement-timeout timer, due at _timer_due
+        self._timer_due = 0.0
+        self._last_due = 0.0  # the latest deadline given out; deadlines stay in tag order while _in_order
+        self._in_order = True
 
     # -- delivery settlement -------------------------------------------------------------------
 
-    def _take(self, delivery_tag: int, multiple: bool) -> list[tuple[QueuedMessage, AMQPConsumer | None]]:
+    def _take(self, delivery_tag: int, multiple: bool) -> list[Unacked]:
         unacked = self.unacked
         if multiple:
             if delivery_tag == 0:
@@ -115,15 +144,18 @@ class Channel:
         """ack (requeue=None), or reject/nack with or without requeue."""
         taken = self._take(delivery_tag, multiple)
         woken: set[Queue] = set()
-        for _, consumer in taken:
+        for _, consumer, _ in taken:
             if consumer is not None:
                 consumer.unacked -= 1
                 woken.add(consumer.queue)
         if requeue:
-            self._requeue(entry for entry, _ in taken)
-        else:
-            for entry, _ in taken:
+            self._requeue(entry for entry, _, _ in taken)
+        elif requeue is None:
+            for entry, _, _ in taken:
                 entry.queue.ack(entry)
+        else:  # reject/nack without requeue: dead-lettered if the queue has a DLX
+            for entry, _, _ in taken:
+                entry.queue.reject(entry)
         if self.global_prefetch:
             woken.update(c.queue for c in self.consumers.values())
         for queue in woken:
@@ -140,10 +172,66 @@ class Channel:
         """basic.recover(requeue=true): every unacked delivery goes back to its queue."""
         taken = list(self.unacked.values())
         self.unacked.clear()
-        for _, consumer in taken:
+        for _, consumer, _ in taken:
             if consumer is not None:
                 consumer.unacked -= 1
-        self._requeue(entry for entry, _ in taken)
+        self._requeue(entry for entry, _, _ in taken)
+
+    # -- acknowledgement timeout ---------------------------------------------------------------
+
+    def deadline(self, timeout: int) -> float:
+        """The time by which a delivery made now must be acked (``timeout`` ms); arms the timer."""
+        clock = self.session.vhost.clock
+        due = clock.now() + timeout / 1000.0
+        if due < self._last_due:
+            self._in_order = False
+        self._last_due = due
+        if self._timer is None or due < self._timer_due:
+            self._arm(clock, due - clock.now(), due)
+        return due
+
+    def _arm(self, clock: Any, delay: float, due: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_due = due
+        self._timer = clock.call_later(delay, self._check_timeouts)
+
+    def _check_timeouts(self) -> None:
+        """The timer fired: time the channel out if a delivery is overdue, else wait for the next."""
+        self._timer = None
+        session = self.session
+        if session.channels.get(self.id) is not self:
+            return
+        clock = session.vhost.clock
+        now = clock.now()
+        earliest: float | None = None
+        for entry, consumer, due in self.unacked.values():
+            if due is None:
+                continue
+            if due <= now:
+                self._timed_out(entry, consumer)
+                return
+            if earliest is None or due < earliest:
+                earliest = due
+            if self._in_order:
+                break
+        if earliest is None:
+            self._in_order, self._last_due = True, 0.0
+        else:
+            self._arm(clock, earliest - now, earliest)
+
+    def _timed_out(self, entry: QueuedMessage, consumer: AMQPConsumer | None) -> None:
+        timeout = consumer.timeout if consumer is not None else queue_timeout(entry.queue, self.session.broker)
+        log.warning(
+            "consumer %s on channel %d has timed out waiting for delivery acknowledgement; timeout used: %s ms",
+            consumer.tag if consumer is not None else "(basic.get)", self.id, timeout,
+        )
+        text = (
+            f"delivery acknowledgement on channel {self.id} timed out. Timeout value used: {timeout} ms. "
+            "This timeout value can be configured, see consumers doc guide to learn more"
+        )
+        # close_channel calls back channel_closed -> close(), which requeues the unacked deliveries
+        self.session.conn.close_channel(self.id, spec.PRECONDITION_FAILED, reply_text(spec.PRECONDITION_FAILED, text))
 
     # -- consumers -----------------------------------------------------------------------------
 
@@ -157,6 +245,12 @@ class Channel:
 
     def close(self) -> None:
         """The channel is gone: consumers leave their queues, unacked deliveries are requeued."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self.reply is not None:
+            self.reply.unregister()
+            self.reply = None
         consumers = list(self.consumers.values())
         self.consumers.clear()
         for consumer in consumers:  # first, so requeued messages cannot go back to them

@@ -12,6 +12,7 @@ from __future__ import annotations
 import struct
 from typing import Any
 
+from conveyor.amqp import spec
 from conveyor.amqp.values import DecodeError, decode_table
 
 _U32 = struct.Struct("!I")
@@ -27,8 +28,8 @@ def _after_strings(properties: bytes, flags: int) -> int:
     return off
 
 
-def decode_headers(properties: bytes) -> dict[str, Any] | None:
-    """The headers table from raw basic properties (the core's lazy decoder)."""
+def _headers(properties: bytes) -> dict[str, Any] | None:
+    """The headers table from raw basic properties."""
     try:
         flags = (properties[0] << 8) | properties[1]
         if not flags & 0x2000:
@@ -51,3 +52,40 @@ def is_persistent(properties: bytes) -> bool:
         return properties[off] == 2
     except (IndexError, struct.error):
         return False  # malformed: the properties decode fails later where it matters
+
+
+class BasicPropertiesCodec:
+    """The core's view of AMQP basic properties (``conveyor.core.message.PropertiesCodec``).
+
+    Calling it returns the headers table (the common, lazy need); ``decode``/``encode`` convert the
+    whole property list to and from a dict, for the rare paths that rewrite a message (dead-lettering,
+    BCC removal, reply-to). Property names are the spec's, with underscores.
+    """
+
+    __call__ = staticmethod(_headers)
+
+    @staticmethod
+    def decode(properties: bytes) -> dict[str, Any]:
+        decoded = spec.BasicProperties.decode(properties)
+        return {name: getattr(decoded, name) for name in decoded.__slots__ if getattr(decoded, name) is not None}
+
+    @staticmethod
+    def encode(values: dict[str, Any]) -> bytes:
+        return spec.BasicProperties(**values).encode()
+
+    @staticmethod
+    def expiration(properties: bytes) -> str | None:
+        """The expiration property (per-message TTL, ms as a string) without a full decode when absent."""
+        if len(properties) < 2 or not properties[0] & 0x01:  # flag 0x0100
+            return None
+        return spec.BasicProperties.decode(properties).expiration
+
+    @staticmethod
+    def priority(properties: bytes) -> int:
+        if len(properties) < 2 or not properties[0] & 0x08:  # flag 0x0800
+            return 0
+        return spec.BasicProperties.decode(properties).priority or 0
+
+
+CODEC = BasicPropertiesCodec()
+decode_headers = CODEC  # callable as the headers decoder; the name the rest of the front-end uses

@@ -12,8 +12,8 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-from conveyor.amqp import spec
-from conveyor.amqp.channel import AMQPConsumer, Channel
+from conveyor.amqp import reply_to, spec
+from conveyor.amqp.channel import AMQPConsumer, Channel, queue_timeout
 from conveyor.amqp.connection import Connection
 from conveyor.amqp.errors import HardError, SoftError
 from conveyor.amqp.properties import decode_headers, is_persistent
@@ -22,6 +22,7 @@ from conveyor.core.vhost import VirtualHost
 from conveyor.store.api import StoreError
 
 _NO_ROUTE = "NO_ROUTE"
+_CONSUMER_TIMEOUT = "x-consumer-timeout"
 _USER_ID_FLAG = 0x10  # basic property flag bit of user-id (in the low byte of the flags word)
 
 
@@ -156,6 +157,15 @@ class Session:
     # -- queue ---------------------------------------------------------------------------------
 
     def _queue_declare(self, channel: Channel, m: spec.QueueDeclare) -> None:
+        if m.queue.startswith(reply_to.REPLY_QUEUE):
+            # RabbitMQ: the pseudo-queue and live reply addresses "exist" (0 messages, 1 consumer),
+            # passive or not; any other amq.rabbitmq.reply-to* name is not found.
+            if not reply_to.exists(m.queue):
+                raise SoftError(spec.NOT_FOUND, f"no queue '{m.queue}' in vhost '{self.vhost.name}'")
+            channel.last_queue = m.queue
+            if not m.nowait:
+                self._reply(channel, spec.QueueDeclareOk(m.queue, 0, 1))
+            return
         queue = self.vhost.declare_queue(  # "" is a new server-named queue, never the last one declared
             m.queue, self, passive=m.passive, durable=m.durable, exclusive=m.exclusive,
             auto_delete=m.auto_delete, arguments=m.arguments,
@@ -201,20 +211,50 @@ class Session:
         self._reply(channel, spec.BasicQosOk())
 
     def _basic_consume(self, channel: Channel, m: spec.BasicConsume) -> None:
+        if m.queue == reply_to.REPLY_QUEUE:
+            self._reply_consume(channel, m)
+            return
         queue = self.vhost.get_queue(self._queue_name(channel, m.queue), self)
-        tag = m.consumer_tag or "amq.ctag-" + base64.urlsafe_b64encode(os.urandom(16)).decode().rstrip("=")
+        tag = m.consumer_tag or _new_tag()
         if tag in channel.consumers:
             raise HardError(spec.NOT_ALLOWED, f"attempt to reuse consumer tag '{tag}'")
-        priority = (m.arguments or {}).get("x-priority", 0)
+        arguments = m.arguments or {}
+        priority = arguments.get("x-priority", 0)
         if not isinstance(priority, int) or isinstance(priority, bool):
             raise SoftError(spec.PRECONDITION_FAILED, f"invalid arg 'x-priority' for {queue.describe()}")
-        consumer = AMQPConsumer(channel, queue, tag, m.no_ack, m.exclusive, priority, channel.prefetch)
+        timeout = None
+        if not m.no_ack:
+            timeout = arguments.get(_CONSUMER_TIMEOUT)
+            if timeout is None:
+                timeout = queue_timeout(queue, self.broker)
+            elif not isinstance(timeout, int) or isinstance(timeout, bool) or timeout <= 0:
+                raise SoftError(spec.PRECONDITION_FAILED, f"invalid arg '{_CONSUMER_TIMEOUT}' for {queue.describe()}")
+        consumer = AMQPConsumer(channel, queue, tag, m.no_ack, m.exclusive, priority, channel.prefetch, timeout)
         queue.add_consumer(consumer)  # deliveries come from a scheduled pump, after consume-ok
         channel.consumers[tag] = consumer
         if not m.nowait:
             self._reply(channel, spec.BasicConsumeOk(consumer_tag=tag))
 
+    def _reply_consume(self, channel: Channel, m: spec.BasicConsume) -> None:
+        """basic.consume from amq.rabbitmq.reply-to: the channel's one direct reply-to consumer."""
+        if m.consumer_tag in channel.consumers:
+            raise HardError(spec.NOT_ALLOWED, f"attempt to reuse consumer tag '{m.consumer_tag}'")
+        if not m.no_ack:
+            raise SoftError(spec.PRECONDITION_FAILED, "reply consumer cannot acknowledge")
+        if channel.reply is not None:
+            raise SoftError(spec.PRECONDITION_FAILED, "reply consumer already set")
+        channel.reply = reply_to.ReplyConsumer(channel, m.consumer_tag or _new_tag())
+        if not m.nowait:
+            self._reply(channel, spec.BasicConsumeOk(consumer_tag=channel.reply.tag))
+
     def _basic_cancel(self, channel: Channel, m: spec.BasicCancel) -> None:
+        reply = channel.reply
+        if reply is not None and reply.tag == m.consumer_tag:
+            reply.unregister()
+            channel.reply = None
+            if not m.nowait:
+                self._reply(channel, spec.BasicCancelOk(consumer_tag=m.consumer_tag))
+            return
         consumer = channel.consumers.pop(m.consumer_tag, None)
         if consumer is not None:
             consumer.queue.remove_consumer(consumer)
@@ -230,7 +270,8 @@ class Session:
         channel.next_tag += 1
         tag = channel.next_tag
         if not m.no_ack:
-            channel.unacked[tag] = (entry, None)
+            timeout = queue_timeout(queue, self.broker)
+            channel.unacked[tag] = (entry, None, channel.deadline(timeout) if timeout else None)
         message = entry.message
         self.conn.send_content(
             channel.id,
@@ -243,6 +284,9 @@ class Session:
         if m.immediate:
             raise HardError(spec.NOT_IMPLEMENTED, "immediate=true")
         self.has_published = True
+        if len(properties) > 1 and properties[0] & 0x02:  # reply-to set: maybe amq.rabbitmq.reply-to
+            self.vhost.get_exchange(m.exchange)  # RabbitMQ checks the exchange first
+            properties = reply_to.rewrite(properties, channel.reply)
         if len(properties) > 1 and properties[1] & _USER_ID_FLAG:
             user_id = spec.BasicProperties.decode(properties).user_id
             if user_id != self.conn.user:
@@ -260,8 +304,12 @@ class Session:
         self._route(channel, m.mandatory, message)
 
     def _route(self, channel: Channel, mandatory: bool, message: Message) -> None:
+        if not message.exchange and message.routing_key.startswith(reply_to.REPLY_PREFIX):
+            self._route_reply(channel, mandatory, message)
+            return
+        vhost = self.vhost
         try:
-            routed = self.vhost.publish(message.exchange, message)
+            routed = vhost.publish(message.exchange, message)
         except StoreError as exc:
             self.broker.store_failed(exc)
             if not channel.confirm:  # nobody to nack: say so rather than drop the message silently
@@ -270,19 +318,42 @@ class Session:
             channel.failed.add(channel.publish_seq)
             self._confirming.add(channel)
             return
-        if not routed and mandatory:
-            self.conn.send_content(
-                channel.id,
-                spec.BasicReturn(spec.NO_ROUTE, _NO_ROUTE, message.exchange, message.routing_key),
-                message.properties,
-                message.body,
-            )
+        sync = message.persistent and any(queue.store is not None for queue in routed)
+        rejected = getattr(vhost, "rejected", 0)  # queues that refused it (x-overflow reject-publish)
+        if not routed:
+            exchange = vhost.exchanges.get(message.exchange)
+            if exchange is not None and exchange.DEFERS:  # held back to be routed later, not lost
+                sync = message.persistent and getattr(exchange, "store", None) is not None
+                rejected = 0  # not routed yet: whatever ``rejected`` says is about an earlier message
+            elif mandatory and not rejected:  # refused is routed: nacked, never returned (RabbitMQ)
+                self._return(channel, message)
         if channel.confirm:
             channel.publish_seq += 1
-            if message.persistent and any(queue.store is not None for queue in routed):
+            if rejected:  # nacked even when other queues took it, as RabbitMQ does
+                channel.failed.add(channel.publish_seq)
+            if sync:
                 channel.unsynced.append(channel.publish_seq)
                 self._sync_marks[channel] = channel.publish_seq
             self._confirming.add(channel)
+
+    def _route_reply(self, channel: Channel, mandatory: bool, message: Message) -> None:
+        """A reply to amq.rabbitmq.reply-to.<token>: straight to that consumer, if it still exists."""
+        consumer = reply_to.consumer_for(message.routing_key)
+        if consumer is not None:
+            consumer.deliver(message)
+        elif mandatory:
+            self._return(channel, message)
+        if channel.confirm:
+            channel.publish_seq += 1
+            self._confirming.add(channel)
+
+    def _return(self, channel: Channel, message: Message) -> None:
+        self.conn.send_content(
+            channel.id,
+            spec.BasicReturn(spec.NO_ROUTE, _NO_ROUTE, message.exchange, message.routing_key),
+            message.properties,
+            message.body,
+        )
 
     def _basic_ack(self, channel: Channel, m: spec.BasicAck) -> None:
         self._settle(channel, m.delivery_tag, m.multiple, None)
@@ -357,6 +428,10 @@ class Session:
 
     def _access_request(self, channel: Channel, m: spec.AccessRequest) -> None:
         self._reply(channel, spec.AccessRequestOk(ticket=1))
+
+
+def _new_tag() -> str:
+    return "amq.ctag-" + base64.urlsafe_b64encode(os.urandom(16)).decode().rstrip("=")
 
 
 _HANDLERS: dict[type[spec.Method], Callable[[Session, Channel, Any], None]] = {

@@ -18,6 +18,8 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
+from conveyor.core.message import Long
+
 __all__ = [
     "DecodeError",
     "decode_array",
@@ -162,6 +164,8 @@ def encode_value(value: Any) -> bytes:
     if isinstance(value, bool):
         return b"t\x01" if value else b"t\x00"
     if isinstance(value, int):
+        if type(value) is Long:
+            return b"l" + _q.pack(value)
         if -(2**31) <= value < 2**31:
             return b"I" + _i.pack(value)
         if -(2**63) <= value < 2**63:

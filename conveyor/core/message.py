@@ -9,8 +9,21 @@ supplied. That keeps the core free of any wire format while costing nothing on t
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
+
+
+class PropertiesCodec(Protocol):
+    """How the core reads and rewrites a front-end's raw properties (AMQP's, for now).
+
+    Calling it gives the headers table; the other methods serve rarer paths: TTL, priorities, and
+    rewriting a message when it is dead-lettered or loses its BCC header.
+    """
+
+    def __call__(self, properties: bytes) -> dict[str, Any] | None: ...
+    def decode(self, properties: bytes) -> dict[str, Any]: ...
+    def encode(self, values: dict[str, Any]) -> bytes: ...
+    def expiration(self, properties: bytes) -> str | None: ...
+    def priority(self, properties: bytes) -> int: ...
 
 
 class Message:
@@ -23,14 +36,14 @@ class Message:
         properties: bytes,
         body: bytes,
         persistent: bool = False,
-        decoder: Callable[[bytes], dict[str, Any] | None] | None = None,
+        decoder: PropertiesCodec | None = None,
     ) -> None:
         self.exchange = exchange
         self.routing_key = routing_key
         self.properties = properties  # raw, as received
         self.body = body
         self.persistent = persistent
-        self.decoder = decoder  # raw properties -> headers table (or None)
+        self.decoder = decoder  # reads the raw properties: headers table on call, more on demand
         self._headers: dict[str, Any] | bool | None = False  # False: not decoded yet
 
     @property
@@ -46,8 +59,35 @@ class Message:
     def body_size(self) -> int:
         return len(self.body)
 
+    def with_properties(self, changes: dict[str, Any], routing_key: str | None = None,
+                        exchange: str | None = None) -> Message:
+        """A copy whose properties are re-encoded with ``changes`` (a value of None removes one)."""
+        assert self.decoder is not None, "rewriting properties needs the front-end's codec"
+        values = self.decoder.decode(self.properties)
+        for key, value in changes.items():
+            if value is None:
+                values.pop(key, None)
+            else:
+                values[key] = value
+        return Message(
+            self.exchange if exchange is None else exchange,
+            self.routing_key if routing_key is None else routing_key,
+            self.decoder.encode(values),
+            self.body,
+            self.persistent,
+            self.decoder,
+        )
+
     def __repr__(self) -> str:
         return f"Message(exchange={self.exchange!r}, routing_key={self.routing_key!r}, {len(self.body)} bytes)"
+
+
+class Long(int):
+    """An integer header value the front-end must send as a 64-bit integer (AMQP 'l'), as RabbitMQ
+    types the x-death count; plain ints take the narrowest encoding."""
+
+
+READY, OUT, GONE = 0, 1, 2  # QueuedMessage.state: in the ready list, delivered, dropped/expired
 
 
 class QueuedMessage:
@@ -57,7 +97,7 @@ class QueuedMessage:
     order ahead of newer ones by comparing ``seq``.
     """
 
-    __slots__ = ("delivery_count", "message", "position", "queue", "redelivered", "seq")
+    __slots__ = ("delivery_count", "expires_at", "message", "position", "queue", "redelivered", "seq", "state")
 
     def __init__(self, message: Message, queue: Any, seq: int) -> None:
         self.message = message
@@ -66,6 +106,8 @@ class QueuedMessage:
         self.redelivered = False
         self.delivery_count = 0
         self.position: Any = None  # where the queue's store keeps it, if it does
+        self.expires_at: float | None = None  # clock.now() after which it is expired (TTL)
+        self.state = READY
 
     def __repr__(self) -> str:
         return f"QueuedMessage(seq={self.seq}, redelivered={self.redelivered}, {self.message!r})"

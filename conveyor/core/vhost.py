@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import os
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 from conveyor.core.clock import Clock, SystemClock
@@ -26,7 +27,8 @@ from conveyor.core.errors import (
 )
 from conveyor.core.exchange import EXCHANGE_TYPES
 from conveyor.core.exchange.base import Exchange
-from conveyor.core.message import Message
+from conveyor.core.message import Long, Message
+from conveyor.core.queue.arguments import QueueSettings, matching_policy, validate_arguments
 from conveyor.core.queue.classic import Queue
 from conveyor.core.texts import describe_value
 from conveyor.store.api import MessageStore
@@ -60,6 +62,19 @@ def _amqp_bool(value: bool) -> str:
     return "true" if value else "false"
 
 
+def _is_cycle(deaths: list[dict[str, Any]], target: str, reason: str) -> bool:
+    """RabbitMQ's rule: a message dead-lettered back into a queue it died in, with no rejection in
+    between, is in a cycle and is dropped for that queue."""
+    if reason == "rejected":
+        return False
+    for death in deaths:
+        if death.get("reason") == "rejected":
+            return False
+        if death.get("queue") == target:
+            return True
+    return False
+
+
 def is_persisted(queue: Queue) -> bool:
     """Whether a queue survives a restart: durable, and neither exclusive nor auto-delete (RabbitMQ)."""
     return queue.durable and not queue.exclusive and not queue.auto_delete
@@ -77,6 +92,8 @@ class VirtualHost:
         delayed_store_factory: Callable[[Exchange], Any] | None = None,
     ) -> None:
         self.name = name
+        self.policies: list[dict[str, Any]] = []
+        self.rejected = 0  # queues that refused the last published message (x-overflow=reject-publish)
         self.clock: Clock = clock or SystemClock()
         # A store for each durable exchange that holds messages back (x-delayed-message).
         self.delayed_store_factory = delayed_store_factory
@@ -198,6 +215,13 @@ class VirtualHost:
         self._check_owner(queue, owner)
         return queue
 
+    def set_policies(self, policies: list[dict[str, Any]]) -> None:
+        """Policies changed: every queue takes up the settings of the policy that now matches it."""
+        self.policies = [p for p in policies if p.get("vhost", "/") == self.name]
+        for queue in self.queues.values():
+            policy = matching_policy(self.policies, queue.name, self.name, "queues")
+            queue.apply_settings(QueueSettings.resolve(queue.arguments, policy))
+
     def declare_queue(
         self,
         name: str,
@@ -223,7 +247,10 @@ class VirtualHost:
             if exclusive != existing.exclusive:
                 self._check_owner(existing, None if exclusive else object())
             self._check_equivalent(existing, durable, auto_delete, arguments)
+            existing.touch()
             return existing
+        validate_arguments(arguments, f"queue '{name}' in vhost '{self.name}'")
+        policy = matching_policy(self.policies, name, self.name, "queues")
         queue = Queue(
             name,
             self.name,
@@ -233,6 +260,10 @@ class VirtualHost:
             arguments=arguments,
             schedule=self._schedule,
             on_unused=self._auto_delete_queue,
+            settings=QueueSettings.resolve(arguments, policy),
+            clock=self.clock,
+            dead_letter=self.dead_letter,
+            on_expired=self._auto_delete_queue,
         )
         if self.store_factory is not None and is_persisted(queue):
             queue.store = self.store_factory(queue)
@@ -332,37 +363,115 @@ class VirtualHost:
 
     # -- publishing ----------------------------------------------------------------------------
 
-    def route(self, exchange: Exchange, message: Message) -> list[Queue]:
-        """The queues a message published to ``exchange`` reaches, each once."""
-        routing_key = message.routing_key
-        if exchange.name == "":
-            queue = self.queues.get(routing_key)
+    def route(self, exchange: Exchange, message: Message, keys: list[str] | None = None) -> list[Queue]:
+        """The queues a message published to ``exchange`` reaches, each once.
+
+        ``keys`` are the routing keys to use (the message's own plus CC/BCC ones); by default just
+        the message's. Exchange-to-exchange bindings are followed breadth-first, each exchange once;
+        an exchange that routes the message nowhere hands it to its alternate exchange, if any.
+        """
+        if keys is None and exchange.name == "":
+            queue = self.queues.get(message.routing_key)
             return [queue] if queue is not None else []
-        reached = self._reached
-        reached.clear()
-        exchange.route(routing_key, message.headers if exchange.NEEDS_HEADERS else None, reached)
-        if not reached:
-            return []
-        queues = [d for d in reached if type(d) is Queue]
-        if len(queues) == len(reached):
-            return queues
-        # Exchange-to-exchange bindings: breadth-first, each exchange visited once.
-        visited: set[Any] = {exchange}
-        pending = [d for d in reached if type(d) is not Queue]
-        found: set[Queue] = set(queues)
+        if keys is None and "alternate-exchange" not in exchange.arguments:
+            reached = self._reached
+            reached.clear()
+            exchange.route(message.routing_key, message.headers if exchange.NEEDS_HEADERS else None, reached)
+            if not reached:
+                return []
+            queues = [d for d in reached if type(d) is Queue]
+            if len(queues) == len(reached):
+                return queues
+        return self._route_slow(exchange, message, keys or [message.routing_key])
+
+    def _route_slow(self, exchange: Exchange, message: Message, keys: list[str]) -> list[Queue]:
+        found: dict[Queue, None] = {}
+        visited: set[Any] = set()
+        pending: list[Exchange] = [exchange]
         while pending:
-            hop = pending.pop()
+            hop = pending.pop(0)
             if hop in visited:
                 continue
             visited.add(hop)
             out: set[Any] = set()
-            hop.route(routing_key, message.headers if hop.NEEDS_HEADERS else None, out)
+            if hop.name == "":
+                out.update(q for q in (self.queues.get(key) for key in keys) if q is not None)
+            else:
+                headers = message.headers if hop.NEEDS_HEADERS else None
+                for key in keys:
+                    hop.route(key, headers, out)
             for dest in out:
                 if type(dest) is Queue:
-                    found.add(dest)
+                    found[dest] = None
                 elif dest not in visited:
                     pending.append(dest)
+            if not out:
+                alternate = self.exchanges.get(str(hop.arguments.get("alternate-exchange", "")))
+                if alternate is not None and alternate not in visited:
+                    pending.append(alternate)
         return list(found)
+
+    @staticmethod
+    def _sender_selected(message: Message) -> tuple[list[str] | None, Message]:
+        """CC/BCC headers: the extra routing keys, and the message without BCC (never delivered)."""
+        if b"\x02CC" not in message.properties and b"\x03BCC" not in message.properties:
+            return None, message  # a byte scan spares the headers decode for almost every message
+        headers = message.headers or {}
+        cc, bcc = headers.get("CC"), headers.get("BCC")
+        keys = [message.routing_key]
+        for extra in (cc, bcc):
+            if isinstance(extra, list):
+                keys.extend(str(k) for k in extra if isinstance(k, (str, bytes)))
+        if bcc is not None:
+            message = message.with_properties({"headers": {k: v for k, v in headers.items() if k != "BCC"}})
+        return (keys if len(keys) > 1 else None), message
+
+    # -- dead-lettering ------------------------------------------------------------------------
+
+    def dead_letter(self, queue: Queue, message: Message, reason: str) -> None:
+        """Republish a message that left ``queue`` (rejected, expired, maxlen, delivery_limit) to the
+        queue's dead-letter exchange, with the x-death history RabbitMQ writes."""
+        settings = queue.settings
+        exchange = self.exchanges.get(settings.dead_letter_exchange or "")
+        if exchange is None or message.decoder is None:
+            return  # RabbitMQ drops a message whose dead-letter exchange does not exist
+        headers = dict(message.headers or {})
+        keys = [message.routing_key]
+        cc = headers.get("CC")
+        if isinstance(cc, list):
+            keys.extend(str(k) for k in cc)
+        had_deaths = bool(headers.get("x-death"))
+        deaths = [dict(d) for d in headers.get("x-death") or [] if isinstance(d, dict)]
+        expiration = message.decoder.expiration(message.properties)
+        previous = next((d for d in deaths if d.get("queue") == queue.name and d.get("reason") == reason), None)
+        if previous is not None:  # the same death again: count it, keep the first time (RabbitMQ)
+            deaths.remove(previous)
+            previous["count"] = Long(int(previous.get("count", 1)) + 1)
+            death = dict(sorted(previous.items()))
+        else:
+            death = {"count": Long(1), "reason": reason, "queue": queue.name,
+                     "time": datetime.fromtimestamp(int(self.clock.wall()), UTC),
+                     "exchange": message.exchange, "routing-keys": keys}
+            if expiration is not None:
+                death["original-expiration"] = expiration
+            if had_deaths:  # RabbitMQ writes an entry added to an existing array with sorted keys
+                death = dict(sorted(death.items()))
+        deaths.insert(0, death)
+        headers["x-death"] = deaths
+        if "x-first-death-reason" not in headers:
+            headers["x-first-death-reason"] = reason
+            headers["x-first-death-queue"] = queue.name
+            headers["x-first-death-exchange"] = message.exchange
+        routing_key = settings.dead_letter_routing_key
+        dead = message.with_properties(
+            {"headers": headers, "expiration": None},
+            routing_key=routing_key if routing_key is not None else message.routing_key,
+            exchange=exchange.name,
+        )
+        targets = self.route(exchange, dead, None if routing_key is not None else keys)
+        for target in targets:
+            if not _is_cycle(deaths, target.name, reason):
+                target.push(dead)
 
     def publish(self, exchange_name: str, message: Message) -> list[Queue]:
         """Route and enqueue; returns the queues that took the message.
@@ -377,13 +486,21 @@ class VirtualHost:
         if exchange.internal:
             raise AccessRefused(f"cannot publish to internal {self._exchange_text(exchange_name)}")
         if exchange.DEFERS:
-            exchange.defer(message)  # type: ignore[attr-defined]
-            return []
+            return exchange.defer(message)  # type: ignore[attr-defined, no-any-return]  # [] while held
         return self.release(exchange, message)
 
     def release(self, exchange: Exchange, message: Message) -> list[Queue]:
-        """Route and enqueue now (a deferring exchange calls this when a held message falls due)."""
-        queues = self.route(exchange, message)
+        """Route and enqueue now (a deferring exchange calls this when a held message falls due).
+
+        Returns the queues that took the message; ``rejected`` counts those that refused it.
+        """
+        keys, message = self._sender_selected(message)
+        queues = self.route(exchange, message, keys)
+        self.rejected = 0
+        accepted = []
         for queue in queues:
-            queue.push(message)
-        return queues
+            if queue.push(message):
+                accepted.append(queue)
+            else:
+                self.rejected += 1
+        return accepted if self.rejected else queues

@@ -111,7 +111,7 @@ def encode_record(message: Message, persistent: bool) -> bytes:
     return _RECORD_HEAD.pack(len(payload), zlib.crc32(payload)) + payload
 
 
-def decode_payload(payload: bytes, decoder: Callable[[bytes], Any] | None) -> Message:
+def decode_payload(payload: bytes, decoder: Any) -> Message:
     off = 1
     n = payload[off]
     exchange = payload[off + 1 : off + 1 + n].decode("utf-8", "surrogateescape")
@@ -191,7 +191,7 @@ class SegmentMessageStore:
         *,
         committer: Committer | None = None,
         segment_size: int = DEFAULT_SEGMENT_SIZE,
-        decoder: Callable[[bytes], Any] | None = None,
+        decoder: Any = None,
         meta: dict[str, str] | None = None,
     ) -> None:
         self.directory = directory

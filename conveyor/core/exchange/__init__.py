@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from conveyor.core.exchange.base import Destination, Exchange
+from conveyor.core.exchange.delayed import DelayedExchange
 from conveyor.core.exchange.direct import DirectExchange
 from conveyor.core.exchange.fanout import FanoutExchange
 from conveyor.core.exchange.headers import HeadersExchange
@@ -25,4 +26,5 @@ EXCHANGE_TYPES: dict[str, type[Exchange]] = {
     FanoutExchange.TYPE: FanoutExchange,
     TopicExchange.TYPE: TopicExchange,
     HeadersExchange.TYPE: HeadersExchange,
+    DelayedExchange.TYPE: DelayedExchange,
 }

@@ -23,6 +23,22 @@ that, every new message (transient ones too) goes to the store only and is count
 ``_tail_cursor`` is the position of the oldest such message. The pump and basic.get refill the window
 from the store in order as consumers catch up. Non-durable queues have no store and no window.
 
+Queue features (arguments or policy, see arguments.py), each costing nothing when off:
+
+* TTL: an entry gets ``expires_at`` from x-message-ttl and/or its ``expiration`` property. Expired
+  messages are never delivered: the head is checked when taken, and a heap of expiry times with one
+  timer drops (and dead-letters) messages that expire anywhere in the queue, without scans. Dropped
+  entries stay in ``ready`` marked GONE and are skipped when reached (lazy deletion, ``_dead`` counts
+  them). Messages paged out to the store are checked when they are read back.
+* Length limits: past x-max-length / x-max-length-bytes the head is dropped (dead-lettered as
+  ``maxlen``) or, with x-overflow=reject-publish[-dlx], the new message is refused (push returns False).
+* Dead-lettering goes through the ``dead_letter`` hook the vhost supplies (it builds x-death).
+* Priorities (x-max-priority): ``ready`` is a set of FIFOs, highest served first; such a queue keeps
+  all its messages in memory (no paging).
+* x-single-active-consumer: only the earliest consumer still attached is served.
+* x-delivery-limit: a message requeued more often than the limit is dead-lettered (``delivery_limit``).
+* x-expires: an unused queue (no consumers, no basic.get, no redeclare) deletes itself.
+
 Invariants
 ----------
 * ``ready`` is sorted by ``seq``; ``requeue`` keeps it so.
@@ -37,12 +53,14 @@ from __future__ import annotations
 
 import heapq
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
+from conveyor.core.clock import Clock, SystemClock, Timer
 from conveyor.core.consumer import Consumer
 from conveyor.core.errors import AccessRefused, NotFound
-from conveyor.core.message import Message, QueuedMessage
+from conveyor.core.message import GONE, OUT, READY, Message, QueuedMessage
+from conveyor.core.queue.arguments import QueueSettings
 from conveyor.store.api import Position
 
 if TYPE_CHECKING:
@@ -51,6 +69,75 @@ if TYPE_CHECKING:
 PUMP_BUDGET = 256
 DEFAULT_WINDOW = 4096  # messages of a durable queue kept in memory; the rest wait in the store
 _FIRST = Position(0, 0)  # before every record of a store
+
+DeadLetter = Callable[["Queue", Message, str], None]
+
+
+class _Fifo(deque[QueuedMessage]):
+    """The ready list of an ordinary queue."""
+
+    def put_back(self, back: list[QueuedMessage]) -> _Fifo:
+        """Requeued entries (sorted by seq) into their places; returns the list to keep."""
+        if not self or back[-1].seq < self[0].seq:
+            self.extendleft(reversed(back))  # the usual case: all requeued are older than all ready
+            return self
+        return _Fifo(heapq.merge(back, self, key=_seq_of))
+
+
+class _PriorityReady:
+    """The ready list of a priority queue: one FIFO per priority, highest first."""
+
+    def __init__(self, max_priority: int) -> None:
+        self.max_priority = max_priority
+        self._levels: dict[int, deque[QueuedMessage]] = {}
+        self._count = 0
+
+    def _level(self, entry: QueuedMessage) -> deque[QueuedMessage]:
+        message = entry.message
+        priority = message.decoder.priority(message.properties) if message.decoder is not None else 0
+        priority = min(priority, self.max_priority)
+        level = self._levels.get(priority)
+        if level is None:
+            level = self._levels[priority] = deque()
+        return level
+
+    def append(self, entry: QueuedMessage) -> None:
+        self._level(entry).append(entry)
+        self._count += 1
+
+    def popleft(self) -> QueuedMessage:
+        for priority in sorted(self._levels, reverse=True):
+            level = self._levels[priority]
+            if level:
+                self._count -= 1
+                return level.popleft()
+        raise IndexError("pop from an empty queue")
+
+    def put_back(self, back: list[QueuedMessage]) -> _PriorityReady:
+        for entry in reversed(back):
+            level = self._level(entry)
+            if not level or entry.seq < level[0].seq:
+                level.appendleft(entry)
+            else:
+                merged = deque(heapq.merge([entry], level, key=_seq_of))
+                level.clear()
+                level.extend(merged)
+            self._count += 1
+        return self
+
+    def clear(self) -> None:
+        self._levels.clear()
+        self._count = 0
+
+    def __len__(self) -> int:
+        return self._count
+
+    def __bool__(self) -> bool:
+        return self._count > 0
+
+    def __iter__(self) -> Iterator[QueuedMessage]:
+        for priority in sorted(self._levels, reverse=True):
+            yield from self._levels[priority]
 
 
 class Queue:
@@ -69,6 +156,10 @@ class Queue:
         on_unused: Callable[[Queue], None] | None = None,
         store: MessageStore | None = None,
         window: int = DEFAULT_WINDOW,
+        settings: QueueSettings | None = None,
+        clock: Clock | None = None,
+        dead_letter: DeadLetter | None = None,
+        on_expired: Callable[[Queue], None] | None = None,
     ) -> None:
         self.name = name
         self.vhost_name = vhost_name
@@ -76,7 +167,6 @@ class Queue:
         self.exclusive_owner = exclusive_owner
         self.auto_delete = auto_delete
         self.arguments = arguments or {}
-        self.ready: deque[QueuedMessage] = deque()
         self.unacked = 0
         self.consumers: list[Consumer] = []
         self.deleted = False
@@ -90,9 +180,35 @@ class Queue:
         self.window = window
         self._tail_count = 0
         self._tail_cursor: Position | None = None
+        self.clock: Clock = clock or SystemClock()
+        self._dead_letter_hook = dead_letter
+        self._on_expired = on_expired  # x-expires hook: the vhost deletes the queue
+        self._dead = 0  # GONE entries still sitting in ``ready``
+        self._bytes = 0  # body bytes of the ready messages (memory and tail)
+        self._uncounted = 0  # recovered tail messages whose bytes are counted when read back
+        self._ttl_heap: list[tuple[float, int, QueuedMessage]] = []
+        self._ttl_timer: Timer | None = None
+        self._expires_timer: Timer | None = None
+        self._arrivals: list[Consumer] = []  # consumers in the order they came (single active consumer)
+        self.ready: Any = _Fifo()
+        self.settings = QueueSettings()
+        self.apply_settings(settings or QueueSettings.resolve(self.arguments))
+
+    def apply_settings(self, settings: QueueSettings) -> None:
+        """Take up new settings (at declare, or when a policy changes)."""
+        self.settings = settings
+        if settings.max_priority and not isinstance(self.ready, _PriorityReady):
+            entries = list(self.ready)
+            self.ready = _PriorityReady(settings.max_priority)
+            for entry in entries:
+                self.ready.append(entry)
+            self.window = 1 << 62  # priority queues keep every message in memory
+        self._limited = settings.max_length is not None or settings.max_length_bytes is not None
+        self._ttl = settings.message_ttl
+        self.touch()
 
     def __repr__(self) -> str:
-        return f"Queue({self.name!r}, ready={len(self.ready)}, unacked={self.unacked})"
+        return f"Queue({self.name!r}, ready={self.message_count}, unacked={self.unacked})"
 
     @property
     def exclusive(self) -> bool:
@@ -101,7 +217,7 @@ class Queue:
     @property
     def message_count(self) -> int:
         """Messages ready for delivery (AMQP's message-count excludes unacked ones)."""
-        return len(self.ready) + self._tail_count
+        return len(self.ready) - self._dead + self._tail_count
 
     @property
     def consumer_count(self) -> int:
@@ -112,13 +228,23 @@ class Queue:
 
     # -- messages in ---------------------------------------------------------------------------
 
-    def push(self, message: Message) -> None:
-        """Enqueue; raises the store's StoreError if a message that must be written cannot be."""
+    def push(self, message: Message) -> bool:
+        """Enqueue; False if the queue refused it (x-overflow=reject-publish[-dlx] at its limit).
+
+        Raises the store's StoreError if a message that must be written cannot be.
+        """
+        if self._limited and not self._make_room(message):
+            return self.settings.overflow == "drop-head"  # dropped at once is still accepted
+        expires_at = self._expiry_of(message)
+        if expires_at is not None and expires_at <= self.clock.now():
+            # TTL 0: delivered only if a consumer can take it right now, as RabbitMQ does.
+            if not self._can_take_now():
+                self._dead_letter(message, "expired")
+                return True
+            expires_at = None
         store = self.store
-        if store is None:
-            self._seq += 1
-            self.ready.append(QueuedMessage(message, self, self._seq))
-        elif self._tail_count or len(self.ready) >= self.window:
+        self._bytes += len(message.body)
+        if store is not None and (self._tail_count or len(self.ready) >= self.window):
             position = store.append(message, message.persistent)
             if not self._tail_count:
                 self._tail_cursor = position
@@ -126,12 +252,109 @@ class Queue:
         else:
             self._seq += 1
             entry = QueuedMessage(message, self, self._seq)
-            if message.persistent:
+            if store is not None and message.persistent:
                 entry.position = store.append(message)
+            if expires_at is not None:
+                self._track_expiry(entry, expires_at)
             self.ready.append(entry)
         if self.consumers and not self._pump_scheduled:
             self._pump_scheduled = True
             self._schedule(self._pump)
+        return True
+
+    def _can_take_now(self) -> bool:
+        return any(consumer.can_deliver() for consumer in self.consumers)
+
+    def _expiry_of(self, message: Message) -> float | None:
+        ttl = self._ttl
+        decoder = message.decoder
+        if decoder is not None:
+            raw = decoder.expiration(message.properties)
+            if raw is not None:
+                try:
+                    per_message = int(raw) / 1000.0
+                except ValueError:
+                    per_message = None  # validated at publish by the front-end; ignore here
+                if per_message is not None and (ttl is None or per_message < ttl):
+                    ttl = per_message
+        return None if ttl is None else self.clock.now() + ttl
+
+    def _make_room(self, message: Message) -> bool:
+        """Enforce the length limits before ``message`` joins; False means refuse it."""
+        settings = self.settings
+        max_length, max_bytes = settings.max_length, settings.max_length_bytes
+        size = len(message.body)
+
+        def over() -> bool:
+            return (max_length is not None and self.message_count + 1 > max_length) or (
+                max_bytes is not None and self._bytes + size > max_bytes
+            )
+
+        if not over():
+            return True
+        if settings.overflow != "drop-head":
+            if settings.overflow == "reject-publish-dlx":
+                self._dead_letter(message, "maxlen")
+            return False
+        while over():
+            entry = self._take_head()
+            if entry is None:  # the new message alone is over the limit: it goes at once
+                self._dead_letter(message, "maxlen")
+                return False
+            self._drop(entry, "maxlen")
+        return True
+
+    # -- TTL -----------------------------------------------------------------------------------
+
+    def _track_expiry(self, entry: QueuedMessage, expires_at: float) -> None:
+        entry.expires_at = expires_at
+        heap = self._ttl_heap
+        heapq.heappush(heap, (expires_at, entry.seq, entry))
+        if heap[0][2] is entry:
+            self._arm_ttl_timer()
+
+    def _arm_ttl_timer(self) -> None:
+        if self._ttl_timer is not None:
+            self._ttl_timer.cancel()
+            self._ttl_timer = None
+        if self._ttl_heap and not self.deleted:
+            delay = self._ttl_heap[0][0] - self.clock.now()
+            self._ttl_timer = self.clock.call_later(delay, self._expire_due)
+
+    def _expire_due(self) -> None:
+        """Drop every ready message whose time is up, wherever it is in the queue."""
+        self._ttl_timer = None
+        now = self.clock.now()
+        heap = self._ttl_heap
+        while heap and heap[0][0] <= now:
+            _, _, entry = heapq.heappop(heap)
+            if entry.state == READY and entry.expires_at is not None and entry.expires_at <= now:
+                entry.state = GONE
+                self._dead += 1
+                self._drop(entry, "expired")
+        if self._dead and self._dead * 2 > len(self.ready):
+            self._compact()
+        self._arm_ttl_timer()
+
+    def _compact(self) -> None:
+        """Rebuild ``ready`` without GONE entries once they are half of it (keeps memory bounded)."""
+        live = [entry for entry in self.ready if entry.state != GONE]
+        self.ready.clear()
+        for entry in live:
+            self.ready.append(entry)
+        self._dead = 0
+
+    def _drop(self, entry: QueuedMessage, reason: str) -> None:
+        """A ready message leaves without delivery (expired, or dropped at the length limit)."""
+        self._bytes -= len(entry.message.body)
+        if entry.position is not None and self.store is not None:
+            self.store.delete(entry.position)
+            entry.position = None
+        self._dead_letter(entry.message, reason)
+
+    def _dead_letter(self, message: Message, reason: str) -> None:
+        if self._dead_letter_hook is not None and self.settings.dead_letter_exchange is not None:
+            self._dead_letter_hook(self, message, reason)
 
     def recover(self) -> int:
         """Take up the messages the store kept across a restart; returns how many."""
@@ -141,6 +364,7 @@ class Queue:
         count = store.recover()  # forgets transient messages, which do not survive a restart
         if count:
             self._tail_count = count
+            self._uncounted = count
             self._tail_cursor = None  # from the first live record
             self._refill()
         return count
@@ -165,7 +389,13 @@ class Queue:
             entry = QueuedMessage(message, self, self._seq)
             entry.position = position
             entry.redelivered = redelivered
+            expires_at = self._expiry_of(message)
+            if expires_at is not None:
+                self._track_expiry(entry, expires_at)
             self.ready.append(entry)
+            if self._uncounted:  # recovered after a restart: its bytes were never counted
+                self._bytes += len(message.body)
+                self._uncounted -= 1
             loaded += 1
         self._tail_count -= loaded
         if not self._tail_count:
@@ -173,18 +403,39 @@ class Queue:
 
     # -- messages out --------------------------------------------------------------------------
 
+    def _take_head(self) -> QueuedMessage | None:
+        """The oldest (highest-priority) live ready message, removed from ``ready``; expired ones are
+        dropped on the way."""
+        ready = self.ready
+        while True:
+            if self._tail_count and len(ready) - self._dead <= self.window // 2:
+                self._refill()
+                ready = self.ready
+            if not ready:
+                return None
+            entry = ready.popleft()
+            if entry.state == GONE:
+                self._dead -= 1
+                continue
+            expires_at = entry.expires_at
+            if expires_at is not None and expires_at <= self.clock.now():
+                self._drop(entry, "expired")
+                continue
+            entry.state = OUT
+            return entry
+
     def get(self, no_ack: bool) -> QueuedMessage | None:
         """basic.get: take the head message, or None when nothing is ready."""
-        if self._tail_count and len(self.ready) <= self.window // 2:
-            self._refill()
-        if not self.ready:
+        self.touch()
+        entry = self._take_head()
+        if entry is None:
             return None
-        entry = self.ready.popleft()
         self._handed_out(entry, no_ack)
         return entry
 
     def _handed_out(self, entry: QueuedMessage, no_ack: bool) -> None:
         entry.delivery_count += 1
+        self._bytes -= len(entry.message.body)
         position = entry.position
         if no_ack:
             if position is not None:
@@ -198,38 +449,59 @@ class Queue:
     def ack(self, entry: QueuedMessage) -> None:
         """A delivered message was settled for good (ack, or reject/nack without requeue)."""
         self.unacked -= 1
+        entry.state = GONE
         if entry.position is not None and self.store is not None:
             self.store.delete(entry.position)
             entry.position = None
+
+    def reject(self, entry: QueuedMessage) -> None:
+        """reject/nack without requeue: gone, and dead-lettered as ``rejected`` when the queue has a DLX."""
+        self.ack(entry)
+        self._dead_letter(entry.message, "rejected")
 
     def requeue(self, entries: Iterable[QueuedMessage]) -> None:
         """Put delivered messages back at their original positions, marked redelivered."""
         back = sorted(entries, key=_seq_of)
         if not back:
             return
+        self.unacked -= len(back)
+        limit = self.settings.delivery_limit
+        if limit is not None:
+            poisoned = [entry for entry in back if entry.delivery_count > limit]
+            for entry in poisoned:
+                self.unacked += 1  # ack() below counts it out again
+                self.ack(entry)
+                self._dead_letter(entry.message, "delivery_limit")
+            back = [entry for entry in back if entry.delivery_count <= limit]
+            for entry in back:
+                entry.message = entry.message.with_properties(
+                    {"headers": {**(entry.message.headers or {}), "x-delivery-count": entry.delivery_count}}
+                ) if entry.message.decoder is not None else entry.message
+        if self.deleted or not back:
+            return
         for entry in back:
             entry.redelivered = True
-        self.unacked -= len(back)
-        if self.deleted:
-            return
-        ready = self.ready
-        if not ready or back[-1].seq < ready[0].seq:
-            ready.extendleft(reversed(back))  # the usual case: all requeued are older than all ready
-        else:
-            self.ready = deque(heapq.merge(back, ready, key=_seq_of))
+            entry.state = READY
+            self._bytes += len(entry.message.body)
+        self.ready = self.ready.put_back(back)
         self.wake()
 
     def purge(self) -> int:
         """Drop every ready message (unacked ones stay owed); returns how many."""
-        count = len(self.ready) + self._tail_count
+        count = self.message_count
         store = self.store
-        if store is not None:
-            for entry in self.ready:
-                if entry.position is not None:
+        for entry in self.ready:
+            if entry.state != GONE:
+                entry.state = GONE
+                if store is not None and entry.position is not None:
                     store.delete(entry.position)
-            if self._tail_count:
-                store.delete_from(self._tail_cursor or _FIRST)
+                    entry.position = None
+        if store is not None and self._tail_count:
+            store.delete_from(self._tail_cursor or _FIRST)
         self.ready.clear()
+        self._dead = 0
+        self._bytes = 0
+        self._ttl_heap.clear()
         self._tail_count = 0
         self._tail_cursor = None
         return count
@@ -246,7 +518,9 @@ class Queue:
         while index and self.consumers[index - 1].priority < consumer.priority:
             index -= 1
         self.consumers.insert(index, consumer)
+        self._arrivals.append(consumer)
         self._had_consumer = True
+        self._cancel_expiry()
         self.wake()
 
     def remove_consumer(self, consumer: Consumer) -> None:
@@ -254,8 +528,14 @@ class Queue:
             self.consumers.remove(consumer)
         except ValueError:
             return
-        if not self.consumers and self.auto_delete and self._had_consumer and self._on_unused:
-            self._on_unused(self)
+        self._arrivals.remove(consumer)
+        if not self.consumers:
+            if self.auto_delete and self._had_consumer and self._on_unused:
+                self._on_unused(self)
+                return
+            self.touch()
+        elif self.settings.single_active_consumer:
+            self.wake()  # the next consumer in line becomes active
 
     def wake(self) -> None:
         """Credit may have come back (an ack, a qos change, a writable transport): deliver again."""
@@ -265,6 +545,9 @@ class Queue:
 
     def _pick(self) -> Consumer | None:
         """The next consumer with credit: highest priority first, round-robin among equals."""
+        if self.settings.single_active_consumer:
+            active = self._arrivals[0] if self._arrivals else None
+            return active if active is not None and active.can_deliver() else None
         consumers = self.consumers
         count = len(consumers)
         start = 0
@@ -285,37 +568,59 @@ class Queue:
 
     def _pump(self) -> None:
         self._pump_scheduled = False
-        ready = self.ready
         budget = PUMP_BUDGET
-        while budget:
-            if self._tail_count and len(ready) <= self.window // 2:
-                self._refill()
-                ready = self.ready
-            if not ready:
-                break
+        while budget and (self.ready or self._tail_count):
             consumer = self._pick()
             if consumer is None:
                 return  # nobody has credit; an ack or qos change calls wake()
-            entry = ready.popleft()
+            entry = self._take_head()
+            if entry is None:
+                break
             self._handed_out(entry, consumer.no_ack)
             consumer.deliver(entry)
             budget -= 1
-        if (ready or self._tail_count) and self.consumers and not budget:
+        if (self.ready or self._tail_count) and self.consumers and not budget:
             self._pump_scheduled = True
             self._schedule(self._pump)
+
+    # -- queue expiry (x-expires) --------------------------------------------------------------
+
+    def touch(self) -> None:
+        """The queue was used (declared, basic.get): restart its x-expires countdown if it has one."""
+        expires = self.settings.expires
+        if expires is None or self.consumers or self.deleted:
+            return
+        self._cancel_expiry()
+        self._expires_timer = self.clock.call_later(expires, self._expired)
+
+    def _cancel_expiry(self) -> None:
+        if self._expires_timer is not None:
+            self._expires_timer.cancel()
+            self._expires_timer = None
+
+    def _expired(self) -> None:
+        self._expires_timer = None
+        if not self.consumers and not self.deleted and self._on_expired is not None:
+            self._on_expired(self)
 
     # -- end of life ---------------------------------------------------------------------------
 
     def delete(self) -> int:
         """Mark deleted, tell consumers, drop ready messages; returns how many were dropped."""
+        count = self.message_count
         self.deleted = True
-        count = len(self.ready) + self._tail_count
         self.ready.clear()
+        self._dead = 0
+        self._ttl_heap.clear()
         self._tail_count = 0
+        for timer in (self._ttl_timer, self._expires_timer):
+            if timer is not None:
+                timer.cancel()
         if self.store is not None:
             self.store.destroy()
             self.store = None
         consumers, self.consumers = self.consumers, []
+        self._arrivals = []
         for consumer in consumers:
             # Told on the next loop turn, as RabbitMQ does: the deleting client gets its delete-ok
             # before any basic.cancel, even when the deleted queue's consumer is on the same channel.
