@@ -54,6 +54,22 @@ def is_persistent(properties: bytes) -> bool:
         return False  # malformed: the properties decode fails later where it matters
 
 
+def expiration_error(value: str) -> str | None:
+    """Why an ``expiration`` property is invalid, in RabbitMQ's words (Erlang's string:to_integer
+    rules: optional sign, digits, nothing after), or None when it is a valid TTL in ms."""
+    digits = value[1:] if value[:1] in ("+", "-") else value
+    count = len(digits) - len(digits.lstrip("0123456789"))
+    if count == 0:
+        return "no_integer"
+    number = int(value[: len(value) - len(digits) + count])
+    leftover = digits[count:]
+    if leftover:
+        return f'{{leftover_string,"{leftover}"}}'
+    if number < 0:
+        return f"{{value_negative,{number}}}"
+    return None
+
+
 class BasicPropertiesCodec:
     """The core's view of AMQP basic properties (``conveyor.core.message.PropertiesCodec``).
 

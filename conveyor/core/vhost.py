@@ -30,7 +30,7 @@ from conveyor.core.exchange.base import Exchange
 from conveyor.core.message import Long, Message
 from conveyor.core.queue.arguments import QueueSettings, matching_policy, validate_arguments
 from conveyor.core.queue.classic import Queue
-from conveyor.core.texts import describe_value
+from conveyor.core.texts import describe_value, type_name
 from conveyor.store.api import MessageStore
 
 # Queue arguments RabbitMQ compares when a queue is redeclared; other x- arguments are kept as given.
@@ -60,6 +60,10 @@ PREDECLARED = (
 
 def _amqp_bool(value: bool) -> str:
     return "true" if value else "false"
+
+
+def _shown(value: Any) -> str:
+    return "none" if value is None else f"'{value}'"
 
 
 def _is_cycle(deaths: list[dict[str, Any]], target: str, reason: str) -> bool:
@@ -137,8 +141,20 @@ class VirtualHost:
             return self.get_exchange(name)
         if name.startswith("amq.") and name not in self.exchanges:
             raise AccessRefused(f"exchange name '{name}' contains reserved prefix 'amq.*'")
+        arguments = arguments or {}
+        alternate = arguments.get("alternate-exchange")
+        if alternate is not None and not isinstance(alternate, str):
+            raise PreconditionFailed(
+                f"invalid type '{type_name(alternate)}' for arg 'alternate-exchange' in {self._exchange_text(name)}"
+            )
         existing = self.exchanges.get(name)
         if existing is not None:
+            current_alternate = existing.arguments.get("alternate-exchange")
+            if alternate != current_alternate:
+                raise PreconditionFailed(
+                    f"inequivalent arg 'alternate-exchange' for {self._exchange_text(name)}: "
+                    f"received {_shown(alternate)} but current is {_shown(current_alternate)}"
+                )
             for arg, received, current in (
                 ("type", kind, existing.TYPE),
                 ("durable", durable, existing.durable),
@@ -235,7 +251,9 @@ class VirtualHost:
     ) -> Queue:
         """Declare (or check) a queue; an empty name asks for a server-named ``amq.gen-`` queue."""
         if passive:
-            return self.get_queue(name, owner)
+            queue = self.get_queue(name, owner)
+            queue.touch()  # a passive declare counts as use for x-expires, as in RabbitMQ
+            return queue
         if not name:
             name = self.new_queue_name()
         elif name.startswith("amq.") and name not in self.queues:
@@ -418,6 +436,11 @@ class VirtualHost:
             return None, message  # a byte scan spares the headers decode for almost every message
         headers = message.headers or {}
         cc, bcc = headers.get("CC"), headers.get("BCC")
+        for name, extra in (("CC", cc), ("BCC", bcc)):
+            if extra is not None and not isinstance(extra, list):
+                raise PreconditionFailed(
+                    f'invalid message: {{unacceptable_type_in_header,"{name}",{type_name(extra)}}}'
+                )
         keys = [message.routing_key]
         for extra in (cc, bcc):
             if isinstance(extra, list):
@@ -442,6 +465,9 @@ class VirtualHost:
             keys.extend(str(k) for k in cc)
         had_deaths = bool(headers.get("x-death"))
         deaths = [dict(d) for d in headers.get("x-death") or [] if isinstance(d, dict)]
+        for entry in deaths:  # counts arrive as plain ints from the codec; RabbitMQ sends them as longs
+            if isinstance(entry.get("count"), int):
+                entry["count"] = Long(entry["count"])
         expiration = message.decoder.expiration(message.properties)
         previous = next((d for d in deaths if d.get("queue") == queue.name and d.get("reason") == reason), None)
         if previous is not None:  # the same death again: count it, keep the first time (RabbitMQ)
@@ -463,6 +489,8 @@ class VirtualHost:
             headers["x-first-death-queue"] = queue.name
             headers["x-first-death-exchange"] = message.exchange
         routing_key = settings.dead_letter_routing_key
+        if routing_key is not None:
+            headers.pop("CC", None)  # RabbitMQ: a dead-letter routing key replaces the CC keys too
         dead = message.with_properties(
             {"headers": headers, "expiration": None},
             routing_key=routing_key if routing_key is not None else message.routing_key,

@@ -556,10 +556,3 @@ def wire():
         frame=frame,
         method_frame=method_frame,
     )
-
-
-# Behaviour that arrives with a later issue (queue features: TTL, dead-lettering, limits). The test
-# runs and must fail on Conveyor until then (strict xfail), and must pass against RabbitMQ.
-later_queue_feature = pytest.mark.xfail(
-    not os.environ.get("CONVEYOR_TEST_URL"), reason="queue features (TTL, dead-lettering) come later", strict=True
-)

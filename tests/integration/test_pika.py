@@ -8,7 +8,6 @@ import uuid
 import pika
 import pika.exceptions as pex
 import pytest
-from conftest import later_queue_feature
 
 VHOST = "'/'"
 
@@ -594,7 +593,6 @@ def test_empty_body(ch, names):
     assert p.content_type == "text/plain"
 
 
-@later_queue_feature
 def test_expired_message_is_not_delivered(ch, names):
     q = names.queue()
     ch.queue_declare(q)
@@ -746,7 +744,6 @@ def test_reject_without_requeue_drops(ch, names):
     assert [b for _m, _p, b in _drain_get(ch, q)] == [b"m1"]
 
 
-@later_queue_feature
 def test_reject_to_dead_letter_exchange(conn, ch, names):
     dlx = names.exchange("dlx")
     ch.exchange_declare(dlx, "fanout")
