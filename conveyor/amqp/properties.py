@@ -64,7 +64,8 @@ def expiration_error(value: str) -> str | None:
     number = int(value[: len(value) - len(digits) + count])
     leftover = digits[count:]
     if leftover:
-        return f'{{leftover_string,"{leftover}"}}'
+        escaped = leftover.replace("\\", "\\\\").replace('"', '\\"')
+        return f'{{leftover_string,"{escaped}"}}'
     if number < 0:
         return f"{{value_negative,{number}}}"
     return None

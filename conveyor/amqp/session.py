@@ -16,7 +16,7 @@ from conveyor.amqp import reply_to, spec
 from conveyor.amqp.channel import AMQPConsumer, Channel, queue_timeout
 from conveyor.amqp.connection import Connection
 from conveyor.amqp.errors import HardError, SoftError
-from conveyor.amqp.properties import decode_headers, is_persistent
+from conveyor.amqp.properties import decode_headers, expiration_error, is_persistent
 from conveyor.core.message import Message
 from conveyor.core.vhost import VirtualHost
 from conveyor.store.api import StoreError
@@ -24,6 +24,7 @@ from conveyor.store.api import StoreError
 _NO_ROUTE = "NO_ROUTE"
 _CONSUMER_TIMEOUT = "x-consumer-timeout"
 _USER_ID_FLAG = 0x10  # basic property flag bit of user-id (in the low byte of the flags word)
+_EXPIRATION_FLAG = 0x01  # basic property flag 0x0100 (expiration), in the high byte of the flags word
 
 
 class Session:
@@ -294,6 +295,11 @@ class Session:
                     spec.PRECONDITION_FAILED,
                     f"user_id property set to '{user_id}' but authenticated user was '{self.conn.user}'",
                 )
+        if len(properties) > 1 and properties[0] & _EXPIRATION_FLAG:
+            expiration = spec.BasicProperties.decode(properties).expiration or ""
+            problem = expiration_error(expiration)
+            if problem is not None:  # RabbitMQ's check at publish (rabbit_basic:parse_expiration)
+                raise SoftError(spec.PRECONDITION_FAILED, f"invalid expiration '{expiration}': {problem}")
         message = Message(
             m.exchange, m.routing_key, properties, body, persistent=is_persistent(properties), decoder=decode_headers
         )

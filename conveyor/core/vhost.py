@@ -513,6 +513,7 @@ class VirtualHost:
             raise NotFound(f"no {self._exchange_text(exchange_name)}")
         if exchange.internal:
             raise AccessRefused(f"cannot publish to internal {self._exchange_text(exchange_name)}")
+        self.rejected = 0
         if exchange.DEFERS:
             return exchange.defer(message)  # type: ignore[attr-defined, no-any-return]  # [] while held
         return self.release(exchange, message)
