@@ -205,7 +205,19 @@ class Queue:
             self.window = 1 << 62  # priority queues keep every message in memory
         self._limited = settings.max_length is not None or settings.max_length_bytes is not None
         self._ttl = settings.message_ttl
+        if self._limited and settings.overflow == "drop-head":
+            self._trim()  # a new limit applies to the backlog already there (RabbitMQ's init_max_length)
         self.touch()
+
+    def _trim(self) -> None:
+        max_length, max_bytes = self.settings.max_length, self.settings.max_length_bytes
+        while (max_length is not None and self.message_count > max_length) or (
+            max_bytes is not None and self._bytes > max_bytes
+        ):
+            entry = self._take_head()
+            if entry is None:
+                break
+            self._drop(entry, "maxlen")
 
     def __repr__(self) -> str:
         return f"Queue({self.name!r}, ready={self.message_count}, unacked={self.unacked})"
@@ -298,8 +310,10 @@ class Queue:
             return False
         while over():
             entry = self._take_head()
-            if entry is None:  # the new message alone is over the limit: it goes at once
-                self._dead_letter(message, "maxlen")
+            if entry is None:
+                if not over():  # taking the head dropped expired messages, which made room
+                    return True
+                self._dead_letter(message, "maxlen")  # the new message alone is over the limit
                 return False
             self._drop(entry, "maxlen")
         return True
@@ -419,6 +433,7 @@ class Queue:
                 continue
             expires_at = entry.expires_at
             if expires_at is not None and expires_at <= self.clock.now():
+                entry.state = GONE  # popped already: the TTL timer must not drop it a second time
                 self._drop(entry, "expired")
                 continue
             entry.state = OUT
@@ -479,6 +494,16 @@ class Queue:
                 ) if entry.message.decoder is not None else entry.message
         if self.deleted or not back:
             return
+        now = self.clock.now()
+        expired = [entry for entry in back if entry.expires_at is not None and entry.expires_at <= now]
+        if expired:  # their time ran out while they were out: they do not come back (RabbitMQ)
+            for entry in expired:
+                self.unacked += 1  # ack() below counts it out again
+                self.ack(entry)
+                self._dead_letter(entry.message, "expired")
+            back = [entry for entry in back if entry not in expired]
+            if not back:
+                return
         for entry in back:
             entry.redelivered = True
             entry.state = READY
