@@ -358,8 +358,13 @@ class VirtualHost:
 
     def unbind_queue(self, queue_name: str, exchange_name: str, routing_key: str,
                      arguments: dict[str, Any] | None, owner: Any) -> None:
-        queue = self.get_queue(queue_name, owner)
-        exchange = self._bindable_source(exchange_name)
+        if exchange_name == "":
+            raise AccessRefused("operation not permitted on the default exchange")
+        queue = self.queues.get(queue_name)
+        exchange = self.exchanges.get(exchange_name)
+        if queue is None or exchange is None:
+            return  # RabbitMQ: unbinding from or to something missing succeeds
+        self._check_owner(queue, owner)
         if exchange.unbind(queue, routing_key, arguments or {}) and exchange.durable and is_persisted(queue):
             self._changed()
         self._maybe_auto_delete(exchange)
@@ -373,8 +378,11 @@ class VirtualHost:
 
     def unbind_exchange(self, destination: str, source: str, routing_key: str,
                         arguments: dict[str, Any] | None) -> None:
-        dest = self._bindable_source(destination)
-        src = self._bindable_source(source)
+        if destination == "" or source == "":
+            raise AccessRefused("operation not permitted on the default exchange")
+        dest, src = self.exchanges.get(destination), self.exchanges.get(source)
+        if dest is None or src is None:
+            return  # RabbitMQ: unbinding from or to something missing succeeds
         if src.unbind(dest, routing_key, arguments or {}) and src.durable and dest.durable:
             self._changed()
         self._maybe_auto_delete(src)

@@ -964,3 +964,14 @@ def test_confirm_select_on_tx_channel_is_406(plain_ch):
     with pytest.raises(pex.ChannelClosedByBroker) as ei:
         plain_ch.confirm_delivery()
     assert _closed(ei) == (406, "PRECONDITION_FAILED - cannot switch from tx to confirm mode")
+
+
+def test_unbind_of_a_missing_queue_or_exchange_succeeds(ch, names):
+    # RabbitMQ 3.10: queue.unbind / exchange.unbind name things that may be gone already (client clean-ups
+    # delete first and unbind after); that is not an error.
+    x = names.exchange()
+    ch.exchange_declare(x, "direct")
+    ch.queue_unbind(names.queue("never"), x, "rk")
+    ch.queue_unbind(names.queue("never"), names.exchange("never"), "rk")
+    ch.exchange_unbind(names.exchange("never-d"), names.exchange("never-s"), "rk")
+    assert ch.is_open
