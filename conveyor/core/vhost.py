@@ -97,6 +97,7 @@ class VirtualHost:
     ) -> None:
         self.name = name
         self.policies: list[dict[str, Any]] = []
+        self._alternates: dict[Exchange, str] = {}  # exchange -> its alternate exchange's name
         self.rejected = 0  # queues that refused the last published message (x-overflow=reject-publish)
         self.clock: Clock = clock or SystemClock()
         # A store for each durable exchange that holds messages back (x-delayed-message).
@@ -177,6 +178,7 @@ class VirtualHost:
             store = self.delayed_store_factory(exchange) if durable and self.delayed_store_factory else None
             exchange.attach(self.release, self.clock, store)  # type: ignore[attr-defined]
         self.exchanges[name] = exchange
+        self._note_alternate(exchange)
         if durable:
             self._changed()
         return exchange
@@ -199,6 +201,7 @@ class VirtualHost:
 
     def _remove_exchange(self, exchange: Exchange) -> None:
         del self.exchanges[exchange.name]
+        self._alternates.pop(exchange, None)
         if exchange.DEFERS:
             exchange.destroy()  # type: ignore[attr-defined]  # held messages go with it, as in RabbitMQ
         for other in list(self.exchanges.values()):
@@ -231,9 +234,23 @@ class VirtualHost:
         self._check_owner(queue, owner)
         return queue
 
+    def _note_alternate(self, exchange: Exchange) -> None:
+        """Remember the exchange's alternate exchange: its argument, else its policy's (argument wins)."""
+        alternate = exchange.arguments.get("alternate-exchange")
+        if alternate is None:
+            policy = matching_policy(self.policies, exchange.name, self.name, "exchanges")
+            alternate = (policy or {}).get("definition", {}).get("alternate-exchange")
+        if isinstance(alternate, str):
+            self._alternates[exchange] = alternate
+        else:
+            self._alternates.pop(exchange, None)
+
     def set_policies(self, policies: list[dict[str, Any]]) -> None:
         """Policies changed: every queue takes up the settings of the policy that now matches it."""
         self.policies = [p for p in policies if p.get("vhost", "/") == self.name]
+        self._alternates = {}
+        for exchange in self.exchanges.values():
+            self._note_alternate(exchange)
         for queue in self.queues.values():
             policy = matching_policy(self.policies, queue.name, self.name, "queues")
             queue.apply_settings(QueueSettings.resolve(queue.arguments, policy))
@@ -399,7 +416,7 @@ class VirtualHost:
         if keys is None and exchange.name == "":
             queue = self.queues.get(message.routing_key)
             return [queue] if queue is not None else []
-        if keys is None and "alternate-exchange" not in exchange.arguments:
+        if keys is None and exchange not in self._alternates:
             reached = self._reached
             reached.clear()
             exchange.route(message.routing_key, message.headers if exchange.NEEDS_HEADERS else None, reached)
@@ -432,7 +449,7 @@ class VirtualHost:
                 elif dest not in visited:
                     pending.append(dest)
             if not out:
-                alternate = self.exchanges.get(str(hop.arguments.get("alternate-exchange", "")))
+                alternate = self.exchanges.get(self._alternates.get(hop, ""))
                 if alternate is not None and alternate not in visited:
                     pending.append(alternate)
         return list(found)

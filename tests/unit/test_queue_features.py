@@ -1199,3 +1199,17 @@ def test_cc_bcc_of_wrong_type_is_refused(b: Broker, headers: dict[str, Any], tex
         b.publish("q", "x", headers=headers)
     assert str(refused.value) == text
     assert q.message_count == 0
+
+
+def test_alternate_exchange_from_a_policy_and_the_argument_wins(b: Broker) -> None:
+    b.exchange("ae-policy", "fanout")
+    b.exchange("ae-arg", "fanout")
+    by_policy, by_arg = b.queue("by-policy"), b.queue("by-arg")
+    b.bind("by-policy", "ae-policy")
+    b.bind("by-arg", "ae-arg")
+    b.exchange("plain", "direct")
+    b.exchange("explicit", "direct", **{"alternate-exchange": "ae-arg"})
+    b.vhost.set_policies([{"vhost": "/", "name": "ae", "pattern": "^(plain|explicit)$", "apply-to": "exchanges",
+                           "definition": {"alternate-exchange": "ae-policy"}, "priority": 0}])
+    assert b.publish("k", "x", exchange="plain") == [by_policy]
+    assert b.publish("k", "x", exchange="explicit") == [by_arg]
