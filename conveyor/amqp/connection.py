@@ -53,6 +53,7 @@ class Handler(Protocol):
     def connection_opened(self, vhost: str, user: str) -> None: ...
     def channel_opened(self, channel: int) -> None: ...
     def channel_closed(self, channel: int) -> None: ...
+    def connection_closing(self) -> None: ...
     def method(self, channel: int, method: spec.Method) -> None: ...
     def content(self, channel: int, method: spec.Method, properties: bytes, body: bytes) -> None: ...
 
@@ -445,11 +446,15 @@ class Connection:
 
     def _drop_channels(self) -> None:
         """The connection is closing: every channel ends now, so no delivery goes out to a client
-        that would discard it (its unacked messages are requeued at once, not when the socket drops)."""
+        that would discard it (its unacked messages are requeued at once, not when the socket drops).
+        Then the connection's exclusive queues go, before close-ok (or our close) is sent, as RabbitMQ
+        does: a client may reconnect and redeclare them as soon as it reads close-ok, while its old
+        socket is still open."""
         channels = list(self.channels)
         self.channels.clear()
         for channel in channels:
             self.handler.channel_closed(channel)
+        self.handler.connection_closing()
 
     def close(self, code: int = spec.CONNECTION_FORCED, text: str = "broker forced connection closure") -> None:
         """Server-initiated close, e.g. at shutdown."""

@@ -51,6 +51,12 @@ class Session:
             self._confirming.discard(state)
             state.close()
 
+    def connection_closing(self) -> None:
+        """Connection.close was sent or received (channels are already closed): the exclusive queues
+        go now, as RabbitMQ deletes them before close-ok, not when the socket drops."""
+        if self.vhost is not None:
+            self.vhost.owner_closed(self)
+
     def connection_lost(self) -> None:
         """The transport is gone: close every channel, then drop this connection's exclusive queues."""
         for channel in list(self.channels):

@@ -429,3 +429,22 @@ def test_fresh_server_is_a_separate_process(broker, fresh_broker):
         assert conn.channel().queue_declare("", exclusive=True).method.queue.startswith("amq.gen-")
     finally:
         conn.close()
+
+
+def test_exclusive_queue_is_gone_when_close_ok_is_sent(broker, raw, wire):
+    """RabbitMQ deletes a connection's exclusive queues before it sends connection.close-ok, not when the
+    client later drops the socket: a client that reconnects the moment it has close-ok may redeclare them."""
+    q = qname("excl-close-ok")
+    c = raw()
+    c.send(wire.method_frame(1, 20, 10, wire.shortstr("")))
+    assert c.read_frame().method == (20, 11)
+    declare_queue(c, wire, 1, q, flags=0x04)  # exclusive
+    c.send(wire.method_frame(0, 10, 50, struct.pack("!H", 200) + wire.shortstr("bye") + b"\x00\x00\x00\x00"))
+    assert c.read_frame().method == (10, 51)
+    # The first client keeps its socket open; a second client redeclares the queue as its own.
+    other = raw()
+    other.send(wire.method_frame(1, 20, 10, wire.shortstr("")))
+    assert other.read_frame().method == (20, 11)
+    other.send(wire.method_frame(1, 50, 10, b"\x00\x00" + wire.shortstr(q) + bytes([0x04 | 0x08]) + wire.table()))
+    f = other.read_frame()
+    assert f is not None and f.method == (50, 11), f.close_args() if f is not None and f.method else f

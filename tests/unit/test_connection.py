@@ -28,6 +28,7 @@ class RecordingHandler:
     def __init__(self) -> None:
         self.events: list[tuple[Any, ...]] = []
         self.fail_with: BaseException | None = None
+        self.closing_calls = 0
 
     def _maybe_fail(self) -> None:
         exc, self.fail_with = self.fail_with, None
@@ -42,6 +43,9 @@ class RecordingHandler:
 
     def channel_closed(self, channel: int) -> None:
         self.events.append(("channel_closed", channel))
+
+    def connection_closing(self) -> None:
+        self.closing_calls += 1
 
     def method(self, channel: int, method: spec.Method) -> None:
         self.events.append(("method", channel, method))
@@ -446,6 +450,24 @@ def test_client_connection_close(opened: ServerPair, handler: RecordingHandler) 
     assert opened.conn.close_reason == "client closed: 200 Normal shutdown"
     assert opened.call(1, spec.BasicQos()) == []
     assert handler.events == [("channel_closed", 1)]  # closing the connection ends its channels
+
+
+def test_exclusive_resources_are_released_before_close_ok(opened: ServerPair, handler: RecordingHandler) -> None:
+    # RabbitMQ ends the channels and deletes the exclusive queues, then sends close-ok (or its own
+    # close): a client may redeclare them on a new connection before it closes the old socket.
+    seen: list[tuple[int, list[bytes]]] = []
+    handler.connection_closing = lambda: seen.append((len(handler.events), list(opened.conn._out)))
+    out = opened.call(0, spec.ConnectionClose(200, "", 0, 0))
+    assert out.names() == ["connection.close-ok"]
+    assert seen == [(1, [])]  # after the channel closed, before close-ok was written
+
+
+def test_exclusive_resources_are_released_before_our_close(opened: ServerPair, handler: RecordingHandler) -> None:
+    seen: list[list[bytes]] = []
+    handler.connection_closing = lambda: seen.append(list(opened.conn._out))
+    opened.conn.close()
+    assert seen == [[]]
+    assert opened.output().names() == ["connection.close"]
 
 
 def test_frames_after_a_hard_error_in_the_same_chunk_are_ignored(
