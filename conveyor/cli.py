@@ -10,6 +10,7 @@ import time
 
 from conveyor import __version__, definitions_cli
 from conveyor.config import Settings
+from conveyor.perf import cli as perf_cli
 from conveyor.store.api import StoreError
 
 
@@ -69,6 +70,7 @@ def _parser() -> argparse.ArgumentParser:
         help="a RabbitMQ definitions JSON file (users, vhosts, exchanges, queues, bindings, policies) to load at start",
     )
     definitions_cli.add_subcommand(commands)
+    perf_cli.add_subcommand(commands)
     return parser
 
 
@@ -77,6 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "definitions":
         return definitions_cli.run(args)
+    if args.command == "perf":
+        return perf_cli.run(args)
     if args.command != "serve":
         parser.print_help()
         return 2
