@@ -27,7 +27,10 @@ HANDSHAKE_TIMEOUT = 10.0  # seconds from accept to connection.open, as RabbitMQ'
 CLOSE_TIMEOUT = 3.0  # how long we wait for close-ok after sending connection.close
 
 
-class AMQPProtocol(asyncio.Protocol):
+READ_SIZE = 32 * 1024  # bytes read per loop turn from one connection (see get_buffer)
+
+
+class AMQPProtocol(asyncio.BufferedProtocol):
     def __init__(self, broker: Broker) -> None:
         self.broker = broker
         self.loop = asyncio.get_running_loop()
@@ -51,6 +54,8 @@ class AMQPProtocol(asyncio.Protocol):
         self._opened = False
         self._close_timer_armed = False
         self._blocked = False  # reading paused by the disk alarm
+        self._reading_paused = False  # paused until the next loop turn (see data_received)
+        self._read_view = memoryview(bytearray(READ_SIZE))
 
     # -- asyncio.Protocol ----------------------------------------------------------------------
 
@@ -62,6 +67,14 @@ class AMQPProtocol(asyncio.Protocol):
         self._timer = self.loop.call_later(HANDSHAKE_TIMEOUT, self._handshake_timeout)
         log.debug("connection accepted peer=%s", self.peer)
 
+    def get_buffer(self, sizehint: int) -> memoryview:
+        # A modest read size keeps each loop turn short under a flooding publisher, so consumers'
+        # acks (and with them their credit) are read often; see also the pause in data_received.
+        return self._read_view
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.data_received(bytes(self._read_view[:nbytes]))
+
     def data_received(self, data: bytes) -> None:
         conn = self.conn
         conn.receive_data(data)
@@ -72,6 +85,20 @@ class AMQPProtocol(asyncio.Protocol):
         if not self._opened and conn.state == amqp_connection.OPEN:
             self._on_open()
         self._flush()
+        # Fairness: a publisher flooding us would otherwise be read again and again within one loop
+        # turn (the event loop reads a busy socket until it is empty), starving the queue pumps and
+        # every other connection. Pausing until the next turn lets them run between reads.
+        transport = self.transport
+        if transport is not None and not transport.is_closing() and not self._reading_paused:
+            self._reading_paused = True
+            transport.pause_reading()
+            self.loop.call_soon(self._resume_reading)
+
+    def _resume_reading(self) -> None:
+        self._reading_paused = False
+        transport = self.transport
+        if transport is not None and not transport.is_closing() and not self._blocked:
+            transport.resume_reading()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.broker.connections.discard(self)
@@ -106,7 +133,8 @@ class AMQPProtocol(asyncio.Protocol):
             self.transport.pause_reading()
             log.warning("connection blocked peer=%s reason='low on disk'", self.peer)
         else:
-            self.transport.resume_reading()
+            if not self._reading_paused:
+                self.transport.resume_reading()
             log.info("connection unblocked peer=%s", self.peer)
         self._flush()
 
