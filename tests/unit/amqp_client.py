@@ -16,6 +16,9 @@ from typing import Any
 from conveyor.amqp import spec
 from conveyor.amqp.connection import Connection
 from conveyor.amqp.framing import PROTOCOL_HEADER, FrameBuffer, encode_frame
+from conveyor.amqp.session import Session
+from conveyor.core.clock import ManualClock
+from conveyor.core.vhost import VirtualHost
 
 CONTENT_HEADER = struct.Struct("!HHQ")
 PLAIN_GUEST = b"\x00guest\x00guest"
@@ -229,3 +232,41 @@ class ServerPair:
         out = self.call(channel, spec.ChannelOpen())
         assert out.names() == ["channel.open-ok"], out.names()
         return out
+
+
+class StandInBroker:
+    """What ``Session`` needs from ``conveyor.app.Broker``: one vhost on a manual clock, with the
+    event loop's call_soon as the list ``pending``. Extra keywords go to the VirtualHost."""
+
+    def __init__(self, consumer_timeout: int | None = None, **vhost_kwargs: Any) -> None:
+        self.pending: list[Callable[[], None]] = []
+        self.clock = ManualClock()
+        self.consumer_timeout = consumer_timeout  # ms, as the broker's setting
+        self.vhosts = {"/": VirtualHost("/", schedule=self.pending.append, clock=self.clock, **vhost_kwargs)}
+
+    @property
+    def vhost(self) -> VirtualHost:
+        return self.vhosts["/"]
+
+
+class SessionClient(ServerPair):
+    """A client talking to a real Session over the sans-IO connection."""
+
+    session: Session
+
+    def advance(self, seconds: float) -> ServerOutput:
+        """Move the broker's clock, run what fell due, and return what the server sent."""
+        self.session.broker.clock.advance(seconds)
+        self.run_scheduled()
+        return self.output()
+
+
+def connect_session(broker: StandInBroker) -> SessionClient:
+    """A handshaken client with channel 1 open."""
+    session = Session(broker)
+    client = SessionClient(session, pending=broker.pending, after_input=session.flush_confirms, vhosts=broker.vhosts)
+    session.conn = client.conn
+    client.session = session
+    assert client.handshake().names() == ["connection.open-ok"]
+    client.open_channel(1)
+    return client

@@ -2,47 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import pytest
-from amqp_client import ServerOutput, ServerPair, publish
+from amqp_client import ServerOutput, StandInBroker, publish
+from amqp_client import SessionClient as Client
+from amqp_client import connect_session as connect
 
 from conveyor.amqp import spec
 from conveyor.amqp.connection import OPEN
-from conveyor.amqp.session import Session
-from conveyor.core.clock import ManualClock
-from conveyor.core.vhost import VirtualHost
-
-
-class StandInBroker:
-    def __init__(self, consumer_timeout: int | None = None) -> None:
-        self.pending: list[Callable[[], None]] = []
-        self.clock = ManualClock()
-        self.vhosts = {"/": VirtualHost("/", schedule=self.pending.append, clock=self.clock)}
-        self.consumer_timeout = consumer_timeout  # ms, as the broker's setting
-
-    @property
-    def vhost(self) -> VirtualHost:
-        return self.vhosts["/"]
-
-
-class Client(ServerPair):
-    session: Session
-
-    def advance(self, seconds: float) -> ServerOutput:
-        self.session.broker.clock.advance(seconds)
-        self.run_scheduled()
-        return self.output()
-
-
-def connect(broker: StandInBroker) -> Client:
-    session = Session(broker)
-    client = Client(session, pending=broker.pending, after_input=session.flush_confirms, vhosts=broker.vhosts)
-    session.conn = client.conn
-    client.session = session
-    assert client.handshake().names() == ["connection.open-ok"]
-    client.open_channel(1)
-    return client
 
 
 @pytest.fixture

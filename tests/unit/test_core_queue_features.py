@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+from stand_ins import StandInConsumer
 
 from conveyor.amqp import spec
 from conveyor.amqp.properties import CODEC
@@ -25,35 +26,6 @@ from conveyor.core.queue.classic import Queue
 from conveyor.core.vhost import VirtualHost
 
 # -- harness ------------------------------------------------------------------------------------------------
-
-
-class StandInConsumer:
-    """Records deliveries; ``credit`` None is unlimited, otherwise each delivery spends one."""
-
-    def __init__(self, tag: str, credit: int | None = None, *, no_ack: bool = False, priority: int = 0) -> None:
-        self.tag = tag
-        self.credit = credit
-        self.no_ack = no_ack
-        self.exclusive = False
-        self.priority = priority
-        self.owner: object = None
-        self.received: list[QueuedMessage] = []
-        self.cancelled = False
-
-    def can_deliver(self) -> bool:
-        return self.credit is None or self.credit > 0
-
-    def deliver(self, entry: QueuedMessage) -> None:
-        if self.credit is not None:
-            assert self.credit > 0, "delivered without credit"
-            self.credit -= 1
-        self.received.append(entry)
-
-    def cancelled_by_server(self) -> None:
-        self.cancelled = True
-
-    def bodies(self) -> list[bytes]:
-        return [e.message.body for e in self.received]
 
 
 class Broker:

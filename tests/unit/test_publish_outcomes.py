@@ -7,13 +7,12 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from amqp_client import ServerPair, publish
+from amqp_client import SessionClient as Client
+from amqp_client import StandInBroker as SharedBroker
+from amqp_client import connect_session, publish
 
 from conveyor.amqp import spec
-from conveyor.amqp.session import Session
-from conveyor.core.clock import ManualClock
 from conveyor.core.message import Message
-from conveyor.core.vhost import VirtualHost
 
 PERSISTENT = spec.BasicProperties(delivery_mode=2, headers={"x-delay": 1000})
 TRANSIENT = spec.BasicProperties(headers={"x-delay": 1000})
@@ -58,29 +57,18 @@ class FakeCommitter:
             callback(ok)
 
 
-class StandInBroker:
+class StandInBroker(SharedBroker):
+    """The shared stand-in, with a committer and held-message stores for deferring exchanges."""
+
     def __init__(self) -> None:
-        self.pending: list[Callable[[], None]] = []
-        self.clock = ManualClock()
         self.committer = FakeCommitter()
         self.stores: list[FakeHeldStore] = []
-        self.vhosts = {
-            "/": VirtualHost("/", schedule=self.pending.append, clock=self.clock,
-                             delayed_store_factory=self._held_store)
-        }
+        super().__init__(delayed_store_factory=self._held_store)
 
     def _held_store(self, exchange: Any) -> FakeHeldStore:
         store = FakeHeldStore()
         self.stores.append(store)
         return store
-
-    @property
-    def vhost(self) -> VirtualHost:
-        return self.vhosts["/"]
-
-
-class Client(ServerPair):
-    session: Session
 
 
 @pytest.fixture
@@ -90,13 +78,7 @@ def broker() -> StandInBroker:
 
 @pytest.fixture
 def c(broker: StandInBroker) -> Client:
-    session = Session(broker)
-    client = Client(session, pending=broker.pending, after_input=session.flush_confirms, vhosts=broker.vhosts)
-    session.conn = client.conn
-    client.session = session
-    assert client.handshake().names() == ["connection.open-ok"]
-    client.open_channel(1)
-    return client
+    return connect_session(broker)
 
 
 def delayed(c: Client, durable: bool = False) -> None:

@@ -8,10 +8,11 @@ closed and reopened (the same object for the memory store) and a new queue recov
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from stand_ins import Scheduler, StandInConsumer
 
 from conveyor.core.message import Message, QueuedMessage
 from conveyor.core.queue.classic import Queue
@@ -20,53 +21,6 @@ from conveyor.store.memory import MemoryMessageStore
 from conveyor.store.segments import SegmentMessageStore
 
 WINDOW = 4
-
-
-class StandInConsumer:
-    """Records deliveries; ``credit`` None is unlimited, otherwise each delivery spends one."""
-
-    def __init__(self, tag: str = "c", credit: int | None = None, *, no_ack: bool = False) -> None:
-        self.tag = tag
-        self.credit = credit
-        self.no_ack = no_ack
-        self.exclusive = False
-        self.priority = 0
-        self.owner = None
-        self.received: list[QueuedMessage] = []
-        self.cancelled = False
-
-    def can_deliver(self) -> bool:
-        return self.credit is None or self.credit > 0
-
-    def deliver(self, entry: QueuedMessage) -> None:
-        if self.credit is not None:
-            assert self.credit > 0, "delivered without credit"
-            self.credit -= 1
-        self.received.append(entry)
-
-    def cancelled_by_server(self) -> None:
-        self.cancelled = True
-
-    def bodies(self) -> list[bytes]:
-        return [e.message.body for e in self.received]
-
-
-class Scheduler:
-    """The event loop's call_soon, as a list the test runs explicitly."""
-
-    def __init__(self) -> None:
-        self.pending: list[Callable[[], None]] = []
-
-    def __call__(self, fn: Callable[[], None]) -> None:
-        self.pending.append(fn)
-
-    def run(self, check: Callable[[], None] = lambda: None) -> int:
-        ran = 0
-        while self.pending:
-            self.pending.pop(0)()
-            check()
-            ran += 1
-        return ran
 
 
 class Harness:

@@ -6,45 +6,20 @@ The expected codes and texts are RabbitMQ 3.10's, checked against a running Rabb
 from __future__ import annotations
 
 import gc
-from collections.abc import Callable
 
 import pytest
-from amqp_client import ServerOutput, ServerPair, publish
+from amqp_client import ServerOutput, StandInBroker, publish
+from amqp_client import SessionClient as Client
+from amqp_client import connect_session as connect
 
 from conveyor.amqp import reply_to, spec
-from conveyor.amqp.session import Session
-from conveyor.core.vhost import VirtualHost
 
 RT = "amq.rabbitmq.reply-to"
-
-
-class StandInBroker:
-    def __init__(self) -> None:
-        self.pending: list[Callable[[], None]] = []
-        self.vhosts = {"/": VirtualHost("/", schedule=self.pending.append)}
-
-    @property
-    def vhost(self) -> VirtualHost:
-        return self.vhosts["/"]
-
-
-class Client(ServerPair):
-    session: Session
 
 
 @pytest.fixture
 def broker() -> StandInBroker:
     return StandInBroker()
-
-
-def connect(broker: StandInBroker) -> Client:
-    session = Session(broker)
-    client = Client(session, pending=broker.pending, after_input=session.flush_confirms, vhosts=broker.vhosts)
-    session.conn = client.conn
-    client.session = session
-    assert client.handshake().names() == ["connection.open-ok"]
-    client.open_channel(1)
-    return client
 
 
 @pytest.fixture

@@ -7,46 +7,18 @@ after each read), then the scheduled pumps, and decodes what the connection wrot
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import pytest
-from amqp_client import ServerOutput, ServerPair, header_frame, method_frame, publish
+from amqp_client import ServerOutput, StandInBroker, header_frame, method_frame, publish
+from amqp_client import SessionClient as Client
+from amqp_client import connect_session as connect
 
 from conveyor.amqp import spec
 from conveyor.amqp.connection import CLOSING, OPEN
-from conveyor.amqp.session import Session
-from conveyor.core.vhost import VirtualHost
-
-
-class StandInBroker:
-    """What Session needs from conveyor.app.Broker: ``vhosts``; scheduling goes to ``pending``."""
-
-    def __init__(self) -> None:
-        self.pending: list[Callable[[], None]] = []
-        self.vhosts = {"/": VirtualHost("/", schedule=self.pending.append)}
-
-    @property
-    def vhost(self) -> VirtualHost:
-        return self.vhosts["/"]
-
-
-class Client(ServerPair):
-    session: Session
 
 
 @pytest.fixture
 def broker() -> StandInBroker:
     return StandInBroker()
-
-
-def connect(broker: StandInBroker) -> Client:
-    session = Session(broker)
-    client = Client(session, pending=broker.pending, after_input=session.flush_confirms, vhosts=broker.vhosts)
-    session.conn = client.conn
-    client.session = session
-    assert client.handshake().names() == ["connection.open-ok"]
-    client.open_channel(1)
-    return client
 
 
 @pytest.fixture
