@@ -550,11 +550,6 @@ class VirtualHost:
         """
         keys, message = self._sender_selected(message)
         queues = self.route(exchange, message, keys)
-        self.rejected = 0
-        accepted = []
-        for queue in queues:
-            if queue.push(message):
-                accepted.append(queue)
-            else:
-                self.rejected += 1
-        return accepted if self.rejected else queues
+        refused = [queue for queue in queues if not queue.push(message)]
+        self.rejected = len(refused)
+        return [queue for queue in queues if queue not in refused] if refused else queues

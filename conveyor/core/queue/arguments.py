@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from conveyor.core.errors import PreconditionFailed
+from conveyor.core.texts import type_name
 
 OVERFLOW_MODES = ("drop-head", "reject-publish", "reject-publish-dlx")
 
@@ -32,18 +33,6 @@ _ARGUMENTS: dict[str, tuple[str | None, str]] = {
 }
 
 
-def _type_name(value: Any) -> str:
-    if isinstance(value, bool):
-        return "bool"
-    if isinstance(value, int):
-        return "signedint" if -(2**31) <= value < 2**31 else "long"
-    if isinstance(value, str):
-        return "longstr"
-    if isinstance(value, float):
-        return "double"
-    return type(value).__name__
-
-
 def validate_arguments(arguments: dict[str, Any], what: str) -> None:
     """Refuse invalid values of the arguments Conveyor acts on, with RabbitMQ 3.10's 406 texts."""
     for name, (_, kind) in _ARGUMENTS.items():
@@ -51,7 +40,7 @@ def validate_arguments(arguments: dict[str, Any], what: str) -> None:
             continue
         value = arguments[name]
         if kind == "str" and not isinstance(value, str):
-            raise PreconditionFailed(f"invalid type '{_type_name(value)}' for arg '{name}' in {what}")
+            raise PreconditionFailed(f"invalid type '{type_name(value)}' for arg '{name}' in {what}")
         problem = _problem(kind, value)
         if problem is not None:
             raise PreconditionFailed(f"invalid arg '{name}' for {what}: {problem}")
@@ -64,7 +53,7 @@ def validate_arguments(arguments: dict[str, Any], what: str) -> None:
 def _problem(kind: str, value: Any) -> str | None:
     if kind in ("nonneg", "positive", "priority"):
         if isinstance(value, bool) or not isinstance(value, int):
-            return f'"expected integer, got {_type_name(value)}"'
+            return f'"expected integer, got {type_name(value)}"'
         if value < 0:
             return f"{{value_negative,{value}}}"
         if kind == "positive" and value == 0:
@@ -73,9 +62,9 @@ def _problem(kind: str, value: Any) -> str | None:
             return f"{{max_value_exceeded,{value}}}"
         return None
     if kind == "str":
-        return None if isinstance(value, str) else f"{{unacceptable_type,{_type_name(value)}}}"
+        return None if isinstance(value, str) else f"{{unacceptable_type,{type_name(value)}}}"
     if kind == "bool":
-        return None if isinstance(value, bool) else f"{{unacceptable_type,{_type_name(value)}}}"
+        return None if isinstance(value, bool) else f"{{unacceptable_type,{type_name(value)}}}"
     if kind == "overflow":
         return None if value in OVERFLOW_MODES else "invalid_overflow"
     return None

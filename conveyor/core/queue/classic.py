@@ -471,39 +471,38 @@ class Queue:
 
     def reject(self, entry: QueuedMessage) -> None:
         """reject/nack without requeue: gone, and dead-lettered as ``rejected`` when the queue has a DLX."""
+        self._discard(entry, "rejected")
+
+    def _discard(self, entry: QueuedMessage, reason: str) -> None:
+        """A delivered message leaves for good and is dead-lettered (if the queue has a DLX)."""
         self.ack(entry)
-        self._dead_letter(entry.message, "rejected")
+        self._dead_letter(entry.message, reason)
 
     def requeue(self, entries: Iterable[QueuedMessage]) -> None:
-        """Put delivered messages back at their original positions, marked redelivered."""
-        back = sorted(entries, key=_seq_of)
-        if not back:
-            return
-        self.unacked -= len(back)
+        """Put delivered messages back at their original positions, marked redelivered.
+
+        Messages past x-delivery-limit, and messages whose TTL ran out while they were out, do not
+        come back: they are dead-lettered (``delivery_limit``, ``expired``), as in RabbitMQ.
+        """
         limit = self.settings.delivery_limit
-        if limit is not None:
-            poisoned = [entry for entry in back if entry.delivery_count > limit]
-            for entry in poisoned:
-                self.unacked += 1  # ack() below counts it out again
-                self.ack(entry)
-                self._dead_letter(entry.message, "delivery_limit")
-            back = [entry for entry in back if entry.delivery_count <= limit]
-            for entry in back:
-                entry.message = entry.message.with_properties(
-                    {"headers": {**(entry.message.headers or {}), "x-delivery-count": entry.delivery_count}}
-                ) if entry.message.decoder is not None else entry.message
+        now = self.clock.now()
+        back: list[QueuedMessage] = []
+        for entry in sorted(entries, key=_seq_of):
+            if limit is not None:
+                if entry.delivery_count > limit:
+                    self._discard(entry, "delivery_limit")
+                    continue
+                if entry.message.decoder is not None:
+                    entry.message = entry.message.with_properties(
+                        {"headers": {**(entry.message.headers or {}), "x-delivery-count": entry.delivery_count}}
+                    )
+            if not self.deleted and entry.expires_at is not None and entry.expires_at <= now:
+                self._discard(entry, "expired")
+                continue
+            back.append(entry)
+        self.unacked -= len(back)
         if self.deleted or not back:
             return
-        now = self.clock.now()
-        expired = [entry for entry in back if entry.expires_at is not None and entry.expires_at <= now]
-        if expired:  # their time ran out while they were out: they do not come back (RabbitMQ)
-            for entry in expired:
-                self.unacked += 1  # ack() below counts it out again
-                self.ack(entry)
-                self._dead_letter(entry.message, "expired")
-            back = [entry for entry in back if entry not in expired]
-            if not back:
-                return
         for entry in back:
             entry.redelivered = True
             entry.state = READY
