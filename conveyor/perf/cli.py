@@ -63,52 +63,80 @@ def _configure(parser: argparse.ArgumentParser) -> None:
     who = parser.add_argument_group("producers, consumers and queues")
     who.add_argument("--producers", type=int, default=1, metavar="N", help="publishing processes (default 1)")
     who.add_argument(
-        "--consumers", type=int, default=1, metavar="N",
+        "--consumers",
+        type=int,
+        default=1,
+        metavar="N",
         help="consuming processes (default 1); 0 = only publish. Must be 0 or at least --queues",
     )
     who.add_argument("--queues", type=int, default=1, metavar="N", help="queues perf-0 .. perf-<N-1> (default 1)")
     msg = parser.add_argument_group("messages")
     msg.add_argument(
-        "--size", type=int, default=24, metavar="BYTES",
+        "--size",
+        type=int,
+        default=24,
+        metavar="BYTES",
         help="body size (default and minimum 24: the stamp of producer, sequence and send time)",
     )
     msg.add_argument("--persistent", action="store_true", help="durable queues and delivery_mode 2 messages")
     msg.add_argument(
-        "--rate", type=float, default=0.0, metavar="MSG/S",
+        "--rate",
+        type=float,
+        default=0.0,
+        metavar="MSG/S",
         help="publish rate limit per producer (default 0 = as fast as possible)",
     )
     flow = parser.add_argument_group("flow control")
     flow.add_argument(
-        "--confirm", type=int, default=0, metavar="WINDOW",
+        "--confirm",
+        type=int,
+        default=0,
+        metavar="WINDOW",
         help="publisher confirms, with at most WINDOW unconfirmed messages per producer (default 0 = off)",
     )
     flow.add_argument(
-        "--prefetch", type=int, default=1000, metavar="N",
+        "--prefetch",
+        type=int,
+        default=1000,
+        metavar="N",
         help="basic.qos prefetch count per consumer (default 1000; 0 = unlimited; unused with auto-ack)",
     )
     flow.add_argument(
-        "--multi-ack", type=int, default=100, metavar="N",
+        "--multi-ack",
+        type=int,
+        default=100,
+        metavar="N",
         help="ack every N deliveries with one multiple=true ack (default 100; 1 = ack each; 0 = auto-ack)",
     )
     length = parser.add_argument_group("how long")
     stop = length.add_mutually_exclusive_group()
     stop.add_argument(
-        "--time", type=_positive_float, metavar="SECONDS",
+        "--time",
+        type=_positive_float,
+        metavar="SECONDS",
         help="publish for this long (default 10 s, unless --count or --prefill)",
     )
     stop.add_argument("--count", type=int, metavar="N", help="publish N messages per producer, then stop")
     length.add_argument(
-        "--prefill", type=int, default=0, metavar="N",
+        "--prefill",
+        type=int,
+        default=0,
+        metavar="N",
         help="first publish N messages to each queue (with confirms), then only consume until drained",
     )
     length.add_argument(
-        "--drain-timeout", type=_positive_float, default=5.0, metavar="SECONDS",
+        "--drain-timeout",
+        type=_positive_float,
+        default=5.0,
+        metavar="SECONDS",
         help="after the producers stop, wait this long without progress for consumers to catch up (default 5)",
     )
     report = parser.add_argument_group("reporting")
     report.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     report.add_argument(
-        "--broker-pid", type=int, metavar="PID",
+        "--broker-pid",
+        type=int,
+        metavar="PID",
         help="a local broker's process id: report its CPU time and memory (RSS) from /proc",
     )
     report.add_argument("--keep-queues", action="store_true", help="do not delete the perf-* queues at the end")
@@ -132,10 +160,22 @@ def run(args: argparse.Namespace) -> int:
     from conveyor.perf.run import run as run_perf
 
     opts = Options(
-        uri=args.uri, producers=args.producers, consumers=args.consumers, queues=args.queues, size=args.size,
-        persistent=args.persistent, confirm=args.confirm, prefetch=args.prefetch, multi_ack=args.multi_ack,
-        rate=args.rate, time=args.time, count=args.count, prefill=args.prefill,
-        drain_timeout=args.drain_timeout, broker_pid=args.broker_pid, json=args.json,
+        uri=args.uri,
+        producers=args.producers,
+        consumers=args.consumers,
+        queues=args.queues,
+        size=args.size,
+        persistent=args.persistent,
+        confirm=args.confirm,
+        prefetch=args.prefetch,
+        multi_ack=args.multi_ack,
+        rate=args.rate,
+        time=args.time,
+        count=args.count,
+        prefill=args.prefill,
+        drain_timeout=args.drain_timeout,
+        broker_pid=args.broker_pid,
+        json=args.json,
         keep_queues=args.keep_queues,
     )
     try:
@@ -163,7 +203,9 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="conveyor perf", description=DESCRIPTION, epilog=EPILOG,
+        prog="conveyor perf",
+        description=DESCRIPTION,
+        epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _configure(parser)

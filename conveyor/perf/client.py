@@ -193,9 +193,7 @@ def publish_template(queue: str, size: int, persistent: bool, frame_max: int) ->
     header = encode_frame(spec.FRAME_HEADER, CHANNEL, struct.pack("!HHQ", 60, 0, size) + properties)
     chunk = frame_max - 8
     body = bytes(size)
-    body_frames = b"".join(
-        encode_frame(spec.FRAME_BODY, CHANNEL, body[i : i + chunk]) for i in range(0, size, chunk)
-    )
+    body_frames = b"".join(encode_frame(spec.FRAME_BODY, CHANNEL, body[i : i + chunk]) for i in range(0, size, chunk))
     stamp_offset = len(method) + len(header) + 7
     return method + header + body_frames, stamp_offset
 

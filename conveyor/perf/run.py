@@ -141,8 +141,17 @@ def _worker(role: str, target: Any, index: int, *args: Any) -> None:
 
 
 def producer_main(
-    index: int, opts: Options, pid: int, queue: str, count: int | None, duration: float | None,
-    confirm: int, ready: Any, start: Any, stop: Any, out: Any,
+    index: int,
+    opts: Options,
+    pid: int,
+    queue: str,
+    count: int | None,
+    duration: float | None,
+    confirm: int,
+    ready: Any,
+    start: Any,
+    stop: Any,
+    out: Any,
 ) -> None:
     conn = Connection(URI.parse(opts.uri), product=f"conveyor-perf producer {pid}")
     if confirm:
@@ -265,14 +274,34 @@ def producer_main(
     busy = time.monotonic() - t0
     out.put(("progress", "producer", index, sent, confirmed))
     conn.close()
-    out.put(("result", "producer", index, {
-        "pid": pid, "published": sent, "confirmed": confirmed, "nacked": nacked,
-        "elapsed": elapsed, "busy": busy, "cpu": cpu, "confirm_latency": confirm_latency.values,
-    }))
+    out.put(
+        (
+            "result",
+            "producer",
+            index,
+            {
+                "pid": pid,
+                "published": sent,
+                "confirmed": confirmed,
+                "nacked": nacked,
+                "elapsed": elapsed,
+                "busy": busy,
+                "cpu": cpu,
+                "confirm_latency": confirm_latency.values,
+            },
+        )
+    )
 
 
 def consumer_main(
-    index: int, opts: Options, queue: str, known_producers: int, ready: Any, start: Any, stop: Any, out: Any,
+    index: int,
+    opts: Options,
+    queue: str,
+    known_producers: int,
+    ready: Any,
+    start: Any,
+    stop: Any,
+    out: Any,
 ) -> None:
     conn = Connection(URI.parse(opts.uri), product=f"conveyor-perf consumer {index}")
     auto_ack = opts.multi_ack == 0
@@ -369,12 +398,26 @@ def consumer_main(
     cpu = _cpu() - cpu0
     out.put(("progress", "consumer", index, deliveries, last_at))
     conn.close()
-    out.put(("result", "consumer", index, {
-        "deliveries": deliveries, "duplicates": duplicates, "redelivered": redelivered,
-        "redelivered_duplicates": redelivered_dups, "foreign": foreign,
-        "seen": {pid: bytes(b) for pid, b in seen.items()}, "redelivered_seen": redelivered_seen,
-        "first_at": first_at, "last_at": last_at, "cpu": cpu, "latency": latency.values,
-    }))
+    out.put(
+        (
+            "result",
+            "consumer",
+            index,
+            {
+                "deliveries": deliveries,
+                "duplicates": duplicates,
+                "redelivered": redelivered,
+                "redelivered_duplicates": redelivered_dups,
+                "foreign": foreign,
+                "seen": {pid: bytes(b) for pid, b in seen.items()},
+                "redelivered_seen": redelivered_seen,
+                "first_at": first_at,
+                "last_at": last_at,
+                "cpu": cpu,
+                "latency": latency.values,
+            },
+        )
+    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -416,8 +459,11 @@ class BrokerProbe:
             return {"pid": self.pid, "error": "process gone"}
         wall = time.monotonic() - self.t0
         return {
-            "pid": self.pid, "cpu_s": round(cpu, 2), "cpu_pct": round(100 * cpu / wall, 1) if wall else None,
-            "rss_mb": round(rss / 2**20, 1), "rss_peak_mb": round(max(rss, self.rss_peak) / 2**20, 1),
+            "pid": self.pid,
+            "cpu_s": round(cpu, 2),
+            "cpu_pct": round(100 * cpu / wall, 1) if wall else None,
+            "rss_mb": round(rss / 2**20, 1),
+            "rss_peak_mb": round(max(rss, self.rss_peak) / 2**20, 1),
         }
 
 
@@ -450,8 +496,10 @@ class Phase:
     def add(self, role: str, index: int, target: Any, *args: Any) -> None:
         stop = self.stop_producers if role == "producer" else self.stop_consumers
         proc = self.ctx.Process(
-            target=_worker, args=(role, target, index, *args, None, self.start, stop, self.out),
-            name=f"perf-{role}-{index}", daemon=True,
+            target=_worker,
+            args=(role, target, index, *args, None, self.start, stop, self.out),
+            name=f"perf-{role}-{index}",
+            daemon=True,
         )
         # ``ready`` is unused by the workers (they report readiness through ``out``); keep the slot simple.
         self.procs[(role, index)] = proc
@@ -591,8 +639,10 @@ def run(opts: Options) -> int:
         _log(f"prefilling {opts.queues} queue(s) with {opts.prefill:,} messages each ...")
         prefill_info = _prefill(opts, ctx, out)
         producer_results.update(prefill_info["results"])
-        _log(f"prefilled {prefill_info['published']:,} messages in {prefill_info['elapsed']:.2f} s "
-             f"({prefill_info['published'] / prefill_info['elapsed']:,.0f} msg/s)")
+        _log(
+            f"prefilled {prefill_info['published']:,} messages in {prefill_info['elapsed']:.2f} s "
+            f"({prefill_info['published'] / prefill_info['elapsed']:,.0f} msg/s)"
+        )
     known_producers = opts.queues if opts.prefill else opts.producers
 
     phase = Phase(ctx, out)
@@ -600,7 +650,14 @@ def run(opts: Options) -> int:
         phase.add("consumer", c, consumer_main, opts, opts.queue_name(c % opts.queues), known_producers)
     for p in range(opts.producers):
         phase.add(
-            "producer", p, producer_main, opts, p, opts.queue_name(p % opts.queues), opts.count, opts.time,
+            "producer",
+            p,
+            producer_main,
+            opts,
+            p,
+            opts.queue_name(p % opts.queues),
+            opts.count,
+            opts.time,
             opts.confirm,
         )
     interrupted = False
@@ -624,8 +681,16 @@ def run(opts: Options) -> int:
                 last_change = now
             if now >= next_tick:
                 confirmed = phase.total("producer", 1) if opts.confirm else None
-                _log(_progress_line(next_tick - 0.2 - t0, published, consumed, published - last_published,
-                                    consumed - last_consumed, confirmed))
+                _log(
+                    _progress_line(
+                        next_tick - 0.2 - t0,
+                        published,
+                        consumed,
+                        published - last_published,
+                        consumed - last_consumed,
+                        confirmed,
+                    )
+                )
                 last_published, last_consumed = published, consumed
                 next_tick += 1.0
                 if probe:
@@ -636,9 +701,7 @@ def run(opts: Options) -> int:
                 producers_done_at = now
             if not opts.consumers:
                 break
-            target = expected_prefill + sum(
-                r["published"] for k, r in phase.results.items() if k[0] == "producer"
-            )
+            target = expected_prefill + sum(r["published"] for k, r in phase.results.items() if k[0] == "producer")
             if opts.producers == 0 and opts.time is not None and now - t0 >= opts.time:
                 break
             if opts.producers == 0 and not opts.prefill:
@@ -675,8 +738,14 @@ def run(opts: Options) -> int:
 
 
 def _summarise(
-    opts: Options, uri: URI, phase: Phase, producer_results: dict[int, dict[str, Any]],
-    prefill_info: dict[str, Any] | None, wall: float, wall0: float, probe: BrokerProbe | None,
+    opts: Options,
+    uri: URI,
+    phase: Phase,
+    producer_results: dict[int, dict[str, Any]],
+    prefill_info: dict[str, Any] | None,
+    wall: float,
+    wall0: float,
+    probe: BrokerProbe | None,
 ) -> dict[str, Any]:
     run_producers = [r for k, r in phase.results.items() if k[0] == "producer"]
     consumers = [r for k, r in phase.results.items() if k[0] == "consumer"]
@@ -785,32 +854,42 @@ def _format(s: dict[str, Any]) -> str:
     if s["prefilled"]:
         lines.append(f"prefilled   {s['prefilled']:>12,} msgs {s['prefill_rate']:>12,.0f} msg/s")
     if s["publish_rate"] is not None:
-        lines.append(f"published   {s['published'] - s['prefilled']:>12,} msgs {s['publish_rate']:>12,.0f} msg/s"
-                     + (f"  (confirmed {s['confirmed']:,}, nacked {s['nacked']:,})" if st["confirm"] else ""))
+        lines.append(
+            f"published   {s['published'] - s['prefilled']:>12,} msgs {s['publish_rate']:>12,.0f} msg/s"
+            + (f"  (confirmed {s['confirmed']:,}, nacked {s['nacked']:,})" if st["confirm"] else "")
+        )
     if st["consumers"]:
         rate = f"{s['deliver_rate']:>12,.0f} msg/s" if s["deliver_rate"] else f"{'-':>12} msg/s"
         lines.append(f"consumed    {s['consumed']:>12,} msgs {rate}  ({s['deliveries']:,} deliveries)")
     if s["latency_ms"]:
         lat = s["latency_ms"]
-        lines.append(f"latency     p50 {lat['p50']:.2f} ms, p95 {lat['p95']:.2f} ms, p99 {lat['p99']:.2f} ms, "
-                     f"max {lat['max']:.2f} ms (publish to deliver)")
+        lines.append(
+            f"latency     p50 {lat['p50']:.2f} ms, p95 {lat['p95']:.2f} ms, p99 {lat['p99']:.2f} ms, "
+            f"max {lat['max']:.2f} ms (publish to deliver)"
+        )
     if s["confirm_latency_ms"]:
         lat = s["confirm_latency_ms"]
         lines.append(f"confirms    p50 {lat['p50']:.2f} ms, p99 {lat['p99']:.2f} ms (publish to confirm)")
     if st["consumers"]:
-        lines.append(f"check       lost {s['lost']:,}, duplicates {s['duplicates']:,}, "
-                     f"redelivered {s['redelivered']:,} (of which duplicates {s['redelivered_duplicates']:,}), "
-                     f"foreign {s['foreign']:,}")
+        lines.append(
+            f"check       lost {s['lost']:,}, duplicates {s['duplicates']:,}, "
+            f"redelivered {s['redelivered']:,} (of which duplicates {s['redelivered_duplicates']:,}), "
+            f"foreign {s['foreign']:,}"
+        )
         lines += [f"  {d}" for d in s["lost_detail"]]
-    lines.append(f"tool CPU    {s['tool_cpu_s']:.2f} s ({s['tool_cpu_pct']:.0f}% of one core); busiest worker "
-                 f"{s['busiest_worker_cpu_pct']:.0f}% of one core")
+    lines.append(
+        f"tool CPU    {s['tool_cpu_s']:.2f} s ({s['tool_cpu_pct']:.0f}% of one core); busiest worker "
+        f"{s['busiest_worker_cpu_pct']:.0f}% of one core"
+    )
     b = s["broker_process"]
     if b:
         if "error" in b:
             lines.append(f"broker      pid {b['pid']}: {b['error']}")
         else:
-            lines.append(f"broker      pid {b['pid']}: CPU {b['cpu_s']:.2f} s ({b['cpu_pct']:.0f}% of one core), "
-                         f"RSS {b['rss_mb']:.1f} MB (peak sampled {b['rss_peak_mb']:.1f} MB)")
+            lines.append(
+                f"broker      pid {b['pid']}: CPU {b['cpu_s']:.2f} s ({b['cpu_pct']:.0f}% of one core), "
+                f"RSS {b['rss_mb']:.1f} MB (peak sampled {b['rss_peak_mb']:.1f} MB)"
+            )
     for e in s["errors"]:
         lines.append(f"error       {e}")
     if s["interrupted"]:

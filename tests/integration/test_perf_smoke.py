@@ -28,8 +28,17 @@ def test_perf_publish_consume_with_confirms_and_multi_ack() -> None:
     try:
         server.wait_ready()
         rc, summary, stderr = _perf(
-            server.port, "--producers", "1", "--consumers", "1", "--count", "2000", "--confirm", "100",
-            "--multi-ack", "10",
+            server.port,
+            "--producers",
+            "1",
+            "--consumers",
+            "1",
+            "--count",
+            "2000",
+            "--confirm",
+            "100",
+            "--multi-ack",
+            "10",
         )
     finally:
         server.stop()
