@@ -27,13 +27,18 @@ from them. Producers and consumers are spread round-robin over the queues, and e
 process with its own connection. The queues are deleted and re-declared at the start (and deleted
 at the end), so the run starts empty.
 
+With --exchange-type fanout, producers publish to the fanout exchange perf-fanout instead, to which
+all the queues are bound: every queue gets a copy of every message. The deliver rate and counts are
+then the total over all queues (N queues => N deliveries per published message).
+
 Every second a progress line goes to stderr; at the end a summary (or, with --json, one JSON
 object) goes to stdout: publish and deliver rates, publish-to-deliver latency, confirm latency,
 the tool's own CPU use and, with --broker-pid, the broker's CPU and memory.
 
-Every message carries its producer, sequence number and send time; consumers check each one. The
-exit status is 1 when a published message never arrived (after a drain of up to --drain-timeout
-seconds) or arrived twice without the redelivered flag, 0 otherwise.
+Every message starts with a 16-byte stamp (producer id and sequence number in 8 bytes, send time in
+8 bytes); consumers check each one. The exit status is 1 when a published message never arrived
+(after a drain of up to --drain-timeout seconds) or arrived twice without the redelivered flag, 0
+otherwise. With fanout the check is per queue: each queue must get every message exactly once.
 """
 
 EPILOG = """\
@@ -48,6 +53,8 @@ examples:
       fixed rate of 1000 msg/s per producer: latency at a moderate load
   conveyor perf --prefill 100000 --consumers 2
       fill the queue first, then measure how fast it drains
+  conveyor perf --exchange-type fanout --queues 10 --consumers 10
+      1 producer to a fanout exchange with 10 bound queues, one consumer each
 """
 
 
@@ -74,11 +81,18 @@ def _configure(parser: argparse.ArgumentParser) -> None:
     msg.add_argument(
         "--size",
         type=int,
-        default=24,
+        default=16,
         metavar="BYTES",
-        help="body size (default and minimum 24: the stamp of producer, sequence and send time)",
+        help="body size (default and minimum 16: the stamp of producer id, sequence number and send time)",
     )
     msg.add_argument("--persistent", action="store_true", help="durable queues and delivery_mode 2 messages")
+    msg.add_argument(
+        "--exchange-type",
+        choices=("direct", "fanout"),
+        default="direct",
+        help="direct (default): the default exchange, each message to one queue; fanout: the exchange "
+        "perf-fanout bound to every queue, each message to all queues (loss check per queue)",
+    )
     msg.add_argument(
         "--rate",
         type=float,
@@ -139,7 +153,11 @@ def _configure(parser: argparse.ArgumentParser) -> None:
         metavar="PID",
         help="a local broker's process id: report its CPU time and memory (RSS) from /proc",
     )
-    report.add_argument("--keep-queues", action="store_true", help="do not delete the perf-* queues at the end")
+    report.add_argument(
+        "--keep-queues",
+        action="store_true",
+        help="do not delete the perf-* queues (and the perf-fanout exchange) at the end",
+    )
 
 
 def add_subcommand(subparsers: Any) -> argparse.ArgumentParser:
@@ -177,6 +195,7 @@ def run(args: argparse.Namespace) -> int:
         broker_pid=args.broker_pid,
         json=args.json,
         keep_queues=args.keep_queues,
+        exchange_type=args.exchange_type,
     )
     try:
         opts.normalise()

@@ -3,7 +3,7 @@
 Only what ``conveyor perf`` needs: connect (PLAIN, heartbeats off), one channel, declare/delete
 queues, qos, confirm.select, publishing from pre-encoded frames in pipelined batches, and a raw
 delivery parser for consumers. Nothing here decodes a message it does not have to: a delivery's
-method frame is read with ``struct`` directly and only the first 24 body bytes (the perf stamp) are
+method frame is read with ``struct`` directly and only the first 16 body bytes (the perf stamp) are
 looked at.
 """
 
@@ -21,9 +21,33 @@ from conveyor.amqp.framing import FRAME_END, PROTOCOL_HEADER, FrameBuffer, encod
 DEFAULT_URI = "amqp://guest:guest@127.0.0.1:5672/"
 CHANNEL = 1
 
-# The stamp at the start of every perf message body: producer id, sequence number (from 1), send time.
-STAMP = struct.Struct("!QQQ")
+# The stamp at the start of every perf message body, 16 bytes:
+#   key (8 B): producer id in the top 16 bits, sequence number (from 1) in the low 48 bits
+#   send time (8 B): time.time_ns() when the producer sent it
+STAMP = struct.Struct("!QQ")
 STAMP_SIZE = STAMP.size
+SEQ_BITS = 48
+SEQ_MASK = (1 << SEQ_BITS) - 1
+MAX_PRODUCERS = 1 << (64 - SEQ_BITS)  # producer ids 0 .. 65535
+MAX_SEQ = SEQ_MASK
+
+
+def stamp_key(producer: int, seq: int) -> int:
+    """The stamp's first field: ``producer`` (0 .. 65535) and ``seq`` (0 .. 2**48-1) in one 64-bit number."""
+    if not 0 <= producer < MAX_PRODUCERS or not 0 <= seq <= MAX_SEQ:
+        raise ValueError(f"producer {producer} / sequence {seq} do not fit the stamp")
+    return (producer << SEQ_BITS) | seq
+
+
+def pack_stamp(producer: int, seq: int, sent_ns: int) -> bytes:
+    return STAMP.pack(stamp_key(producer, seq), sent_ns)
+
+
+def unpack_stamp(body: bytes) -> tuple[int, int, int]:
+    """``(producer, seq, sent_ns)`` from the first 16 bytes of a perf message body."""
+    key, sent_ns = STAMP.unpack_from(body, 0)
+    return key >> SEQ_BITS, key & SEQ_MASK, sent_ns
+
 
 _FRAME_HEAD = struct.Struct("!BHI")
 _DELIVER = b"\x00\x3c\x00\x3c"
@@ -74,7 +98,9 @@ class Connection:
         self.frames = FrameBuffer(1 << 24)
         self.pending: list[tuple[int, int, bytes]] = []
         self.sock.sendall(PROTOCOL_HEADER)
-        self.expect(spec.ConnectionStart)
+        start = self.expect(spec.ConnectionStart)
+        assert isinstance(start, spec.ConnectionStart)
+        self.server_properties: dict = dict(start.server_properties)
         response = b"\0" + uri.user.encode() + b"\0" + uri.password.encode()
         props = {"product": product, "capabilities": {"publisher_confirms": True, "basic.nack": True}}
         self.send(0, spec.ConnectionStartOk(props, "PLAIN", response, "en_US"))
@@ -154,6 +180,16 @@ class Connection:
     def queue_delete(self, queue: str) -> None:
         self.call(spec.QueueDelete(queue=queue), spec.QueueDeleteOk)
 
+    def exchange_declare(self, exchange: str, kind: str, durable: bool) -> None:
+        self.call(spec.ExchangeDeclare(exchange=exchange, type=kind, durable=durable), spec.ExchangeDeclareOk)
+
+    def exchange_delete(self, exchange: str) -> None:
+        """Delete ``exchange``; a missing one is fine (RabbitMQ and Conveyor answer delete-ok)."""
+        self.call(spec.ExchangeDelete(exchange=exchange), spec.ExchangeDeleteOk)
+
+    def queue_bind(self, queue: str, exchange: str, routing_key: str = "") -> None:
+        self.call(spec.QueueBind(queue=queue, exchange=exchange, routing_key=routing_key), spec.QueueBindOk)
+
     def qos(self, prefetch: int) -> None:
         self.call(spec.BasicQos(prefetch_count=prefetch), spec.BasicQosOk)
 
@@ -182,14 +218,18 @@ class Connection:
             self.sock.close()
 
 
-def publish_template(queue: str, size: int, persistent: bool, frame_max: int) -> tuple[bytes, int]:
-    """One whole message (method, header and body frames) to the default exchange, and the offset of its stamp.
+def publish_template(
+    routing_key: str, size: int, persistent: bool, frame_max: int, exchange: str = ""
+) -> tuple[bytes, int]:
+    """One whole message (method, header and body frames) and the offset of its stamp.
 
+    Published to ``exchange`` (default: the default exchange, where the routing key is the queue name).
     The body is ``size`` bytes (at least the stamp); it is split over several body frames when it does
     not fit in one. The stamp lives at the start of the first body frame's payload.
     """
     properties = spec.BasicProperties(delivery_mode=2 if persistent else 1).encode()
-    method = encode_frame(spec.FRAME_METHOD, CHANNEL, spec.BasicPublish(routing_key=queue).encode())
+    publish = spec.BasicPublish(exchange=exchange, routing_key=routing_key)
+    method = encode_frame(spec.FRAME_METHOD, CHANNEL, publish.encode())
     header = encode_frame(spec.FRAME_HEADER, CHANNEL, struct.pack("!HHQ", 60, 0, size) + properties)
     chunk = frame_max - 8
     body = bytes(size)

@@ -5,11 +5,20 @@ bottleneck (each worker reports its own CPU use; a worker near 100% of a core me
 the run). Workers report cumulative counts once a second through a multiprocessing queue; the parent
 prints a progress line per second and, at the end, merges what the consumers saw.
 
-Message body: ``producer id (8 B) | sequence number from 1 (8 B) | send time, time.time_ns() (8 B) | padding``.
-Each consumer keeps, per producer, a bitmap of the sequence numbers it received; the parent ORs the
-bitmaps together, so a message delivered twice (to one consumer or to two) is a duplicate, and a
-sequence number a producer published but no consumer received is lost. A duplicate whose delivery
-carried the redelivered flag is legitimate (at-least-once) and only counted.
+Message body (16 B stamp, then padding up to ``--size``)::
+
+    producer id (top 16 bits) | sequence number from 1 (low 48 bits)   8 B
+    send time, time.time_ns()                                           8 B
+
+Each consumer keeps, per producer, a bitmap of the sequence numbers it received. The parent merges
+the bitmaps of the consumers of one *check group* with OR: a message delivered twice within a group
+(to one consumer or to two) is a duplicate, and a sequence number a producer published that no
+consumer of the group received is lost. A duplicate whose delivery carried the redelivered flag is
+legitimate (at-least-once) and only counted.
+
+With the default exchange every message goes to one queue, so all consumers form one group. With
+``--exchange-type fanout`` every queue gets a copy of every message, so each queue's consumers are a
+group of their own and every queue must receive every sequence number exactly once.
 """
 
 from __future__ import annotations
@@ -30,6 +39,10 @@ from typing import Any
 from conveyor.amqp import spec
 from conveyor.perf.client import (
     CHANNEL,
+    MAX_PRODUCERS,
+    MAX_SEQ,
+    SEQ_BITS,
+    SEQ_MASK,
     STAMP,
     STAMP_SIZE,
     URI,
@@ -44,6 +57,8 @@ from conveyor.perf.client import (
 DECLARE_OK = b"\x00\x32\x00\x0b"
 SAMPLE_LIMIT = 100_000  # latency samples kept per worker; beyond, every other one is dropped (uniform)
 READY_TIMEOUT = 30.0
+FANOUT_EXCHANGE = "perf-fanout"
+EXCHANGE_TYPES = ("direct", "fanout")
 
 
 @dataclass
@@ -52,7 +67,7 @@ class Options:
     producers: int = 1
     consumers: int = 1
     queues: int = 1
-    size: int = 24
+    size: int = STAMP_SIZE
     persistent: bool = False
     confirm: int = 0
     prefetch: int = 1000
@@ -65,6 +80,7 @@ class Options:
     broker_pid: int | None = None
     json: bool = False
     keep_queues: bool = False
+    exchange_type: str = "direct"
     notes: list[str] = field(default_factory=list)
 
     def normalise(self) -> None:
@@ -75,9 +91,15 @@ class Options:
                 raise ValueError(f"--{name.replace('_', '-')} must not be negative")
         if self.queues < 1:
             raise ValueError("--queues must be at least 1")
+        if self.exchange_type not in EXCHANGE_TYPES:
+            raise ValueError(f"--exchange-type must be one of {', '.join(EXCHANGE_TYPES)}")
         if self.size < STAMP_SIZE:
             self.notes.append(f"--size {self.size} raised to {STAMP_SIZE} B (the stamp: producer, sequence, time)")
             self.size = STAMP_SIZE
+        if self.producers > MAX_PRODUCERS or self.queues > MAX_PRODUCERS:
+            raise ValueError(f"at most {MAX_PRODUCERS} producers (and queues): the stamp has 16 bits for them")
+        if max(self.count or 0, self.prefill) > MAX_SEQ:
+            raise ValueError(f"at most {MAX_SEQ} messages per producer: the stamp has 48 bits for them")
         if self.prefill and self.producers:
             self.notes.append("--prefill: the queues are filled first, then only consumed (no producers)")
             self.producers = 0
@@ -96,6 +118,15 @@ class Options:
 
     def queue_name(self, i: int) -> str:
         return f"perf-{i}"
+
+    @property
+    def fanout(self) -> bool:
+        return self.exchange_type == "fanout"
+
+    @property
+    def copies(self) -> int:
+        """How many queues each published message goes to."""
+        return self.queues if self.fanout else 1
 
 
 # ----------------------------------------------------------------------------------------------
@@ -156,10 +187,14 @@ def producer_main(
     conn = Connection(URI.parse(opts.uri), product=f"conveyor-perf producer {pid}")
     if confirm:
         conn.confirm_select()
-    template, stamp_at = publish_template(queue, opts.size, opts.persistent, conn.frame_max)
+    if opts.fanout:
+        template, stamp_at = publish_template("", opts.size, opts.persistent, conn.frame_max, FANOUT_EXCHANGE)
+    else:
+        template, stamp_at = publish_template(queue, opts.size, opts.persistent, conn.frame_max)
     length = len(template)
     batch = max(1, min(confirm // 4, 200)) if confirm else max(1, min(200, (1 << 16) // length))
     pack_into = STAMP.pack_into
+    key_base = pid << SEQ_BITS  # stamp key = producer id (top 16 bits) | sequence number
     sock = conn.sock
     rate = opts.rate
     sent = confirmed = 0
@@ -245,7 +280,7 @@ def producer_main(
         off = stamp_at
         seq = sent + 1
         for s in range(seq, seq + n):
-            pack_into(buf, off, pid, s, sent_at)
+            pack_into(buf, off, key_base | s, sent_at)
             off += length
         sock.sendall(buf)
         sent += n
@@ -263,7 +298,8 @@ def producer_main(
             on_frames(conn.read(0.1))
     elapsed = time.monotonic() - t0
     # Flush: a channel handles methods in order, so once a synchronous method is answered every publish
-    # before it has been routed. Closing before that may lose the tail of the stream on some brokers.
+    # before it has been routed (to every bound queue, with fanout). Closing before that may lose the tail
+    # of the stream on some brokers.
     conn.send(CHANNEL, spec.QueueDeclare(queue=queue, passive=True))
     deadline = time.monotonic() + 30.0
     while not flushed:
@@ -296,13 +332,14 @@ def producer_main(
 def consumer_main(
     index: int,
     opts: Options,
-    queue: str,
+    queue_index: int,
     known_producers: int,
     ready: Any,
     start: Any,
     stop: Any,
     out: Any,
 ) -> None:
+    queue = opts.queue_name(queue_index)
     conn = Connection(URI.parse(opts.uri), product=f"conveyor-perf consumer {index}")
     auto_ack = opts.multi_ack == 0
     if not auto_ack and opts.prefetch:
@@ -350,7 +387,9 @@ def consumer_main(
             if frame_type == 3:  # body
                 if stamped:
                     stamped = False
-                    pid, seq, sent_at = unpack_from(payload, 0)
+                    key, sent_at = unpack_from(payload, 0)
+                    pid = key >> SEQ_BITS
+                    seq = key & SEQ_MASK
                     if pid >= known_producers:
                         foreign += 1
                         continue
@@ -404,6 +443,7 @@ def consumer_main(
             "consumer",
             index,
             {
+                "queue": queue_index,
                 "deliveries": deliveries,
                 "duplicates": duplicates,
                 "redelivered": redelivered,
@@ -566,8 +606,11 @@ class Phase:
         self.handle(0)
 
 
-def _progress_line(elapsed: float, published: int, consumed: int, dp: int, dc: int, confirmed: int | None) -> str:
-    line = f"time {elapsed:5.1f}s | published {dp:>9,} msg/s | delivered {dc:>9,} msg/s"
+def _progress_line(
+    elapsed: float, published: int, consumed: int, dp: int, dc: int, confirmed: int | None, fanout: bool = False
+) -> str:
+    delivered = "delivered (all queues)" if fanout else "delivered"
+    line = f"time {elapsed:5.1f}s | published {dp:>9,} msg/s | {delivered} {dc:>9,} msg/s"
     line += f" | total published {published:,}, delivered {consumed:,}"
     if confirmed is not None:
         line += f", confirmed {confirmed:,}"
@@ -586,9 +629,15 @@ def _context() -> Any:
 def _prepare_queues(opts: Options, uri: URI) -> None:
     conn = Connection(uri, product="conveyor-perf admin")
     try:
+        if opts.fanout:
+            conn.exchange_delete(FANOUT_EXCHANGE)  # a leftover may differ in durability
         for i in range(opts.queues):
             conn.queue_delete(opts.queue_name(i))  # start empty: leftovers would spoil the checks
             conn.queue_declare(opts.queue_name(i), durable=opts.persistent)
+        if opts.fanout:
+            conn.exchange_declare(FANOUT_EXCHANGE, "fanout", durable=opts.persistent)
+            for i in range(opts.queues):
+                conn.queue_bind(opts.queue_name(i), FANOUT_EXCHANGE)
     finally:
         conn.close()
 
@@ -599,14 +648,21 @@ def _delete_queues(opts: Options, uri: URI) -> None:
         try:
             for i in range(opts.queues):
                 conn.queue_delete(opts.queue_name(i))
+            if opts.fanout:
+                conn.exchange_delete(FANOUT_EXCHANGE)
         finally:
             conn.close()
+
+
+def _prefill_producers(opts: Options) -> int:
+    """Producers of the prefill: one per queue, or with fanout one for all (each queue gets a copy)."""
+    return 1 if opts.fanout else opts.queues
 
 
 def _prefill(opts: Options, ctx: Any, out: Any) -> dict[str, Any]:
     phase = Phase(ctx, out)
     window = opts.confirm or 1000
-    for q in range(opts.queues):
+    for q in range(_prefill_producers(opts)):
         phase.add("producer", q, producer_main, opts, q, opts.queue_name(q), opts.prefill, None, window)
     t0 = time.monotonic()
     phase.launch()
@@ -636,18 +692,19 @@ def run(opts: Options) -> int:
     producer_results: dict[int, dict[str, Any]] = {}
     prefill_info = None
     if opts.prefill:
-        _log(f"prefilling {opts.queues} queue(s) with {opts.prefill:,} messages each ...")
+        how = f" through {FANOUT_EXCHANGE}" if opts.fanout else ""
+        _log(f"prefilling {opts.queues} queue(s) with {opts.prefill:,} messages each{how} ...")
         prefill_info = _prefill(opts, ctx, out)
         producer_results.update(prefill_info["results"])
         _log(
             f"prefilled {prefill_info['published']:,} messages in {prefill_info['elapsed']:.2f} s "
             f"({prefill_info['published'] / prefill_info['elapsed']:,.0f} msg/s)"
         )
-    known_producers = opts.queues if opts.prefill else opts.producers
+    known_producers = _prefill_producers(opts) if opts.prefill else opts.producers
 
     phase = Phase(ctx, out)
     for c in range(opts.consumers):
-        phase.add("consumer", c, consumer_main, opts, opts.queue_name(c % opts.queues), known_producers)
+        phase.add("consumer", c, consumer_main, opts, c % opts.queues, known_producers)
     for p in range(opts.producers):
         phase.add(
             "producer",
@@ -689,6 +746,7 @@ def run(opts: Options) -> int:
                         published - last_published,
                         consumed - last_consumed,
                         confirmed,
+                        opts.fanout,
                     )
                 )
                 last_published, last_consumed = published, consumed
@@ -701,7 +759,9 @@ def run(opts: Options) -> int:
                 producers_done_at = now
             if not opts.consumers:
                 break
-            target = expected_prefill + sum(r["published"] for k, r in phase.results.items() if k[0] == "producer")
+            target = opts.copies * (
+                expected_prefill + sum(r["published"] for k, r in phase.results.items() if k[0] == "producer")
+            )
             if opts.producers == 0 and opts.time is not None and now - t0 >= opts.time:
                 break
             if opts.producers == 0 and not opts.prefill:
@@ -737,6 +797,56 @@ def run(opts: Options) -> int:
     return 1 if failed else 0
 
 
+def check_group(
+    consumers: list[dict[str, Any]], producer_results: dict[int, dict[str, Any]], check_loss: bool = True
+) -> dict[str, Any]:
+    """Merge the bitmaps of consumers that share the messages (one queue, or all queues without fanout).
+
+    A sequence number seen by two consumers of the group is a duplicate too (only counted when neither
+    delivery was flagged redelivered). With ``check_loss``, every sequence number each producer published
+    (and the broker did not nack) must have been seen: the others are lost.
+    """
+    duplicates = sum(r["duplicates"] for r in consumers)
+    redelivered_dups = sum(r["redelivered_duplicates"] for r in consumers)
+    redelivered_seen: set[tuple[int, int]] = set()
+    for r in consumers:
+        redelivered_seen |= r["redelivered_seen"]
+    merged: dict[int, int] = {}
+    for r in consumers:
+        for pid, raw in r["seen"].items():
+            bits = int.from_bytes(raw, "little")
+            prev = merged.get(pid, 0)
+            overlap = prev & bits
+            while overlap:
+                low = overlap & -overlap
+                if (pid, low.bit_length() - 1) in redelivered_seen:
+                    redelivered_dups += 1
+                else:
+                    duplicates += 1
+                overlap ^= low
+            merged[pid] = prev | bits
+    lost = 0
+    missing_examples: list[str] = []
+    if check_loss:
+        for pid, result in sorted(producer_results.items()):
+            n = result["published"]
+            missing = ((1 << (n + 1)) - 2) & ~merged.get(pid, 0)
+            for tag in result["nacked"]:
+                missing &= ~(1 << tag)
+            count = missing.bit_count()
+            lost += count
+            if count and len(missing_examples) < 5:
+                first = (missing & -missing).bit_length() - 1
+                missing_examples.append(f"producer {pid}: {count} missing, first seq {first}")
+    return {
+        "consumed": sum(v.bit_count() for v in merged.values()),
+        "lost": lost,
+        "missing": missing_examples,
+        "duplicates": duplicates,
+        "redelivered_duplicates": redelivered_dups,
+    }
+
+
 def _summarise(
     opts: Options,
     uri: URI,
@@ -759,40 +869,21 @@ def _summarise(
     lasts = [r["last_at"] for r in consumers if r["last_at"]]
     deliver_span = (max(lasts) - min(firsts)) if firsts else 0.0
 
-    # Merge the consumers' bitmaps: overlaps between consumers are duplicates too.
-    duplicates = sum(r["duplicates"] for r in consumers)
-    redelivered_dups = sum(r["redelivered_duplicates"] for r in consumers)
-    redelivered_seen: set[tuple[int, int]] = set()
+    # Check groups: with fanout each queue must get every message, else all consumers share the messages.
+    groups: dict[str, list[dict[str, Any]]] = {}
+    if opts.fanout and opts.consumers:  # a queue whose consumers all failed still has to be checked
+        groups = {opts.queue_name(q): [] for q in range(opts.queues)}
     for r in consumers:
-        redelivered_seen |= r["redelivered_seen"]
-    merged: dict[int, int] = {}
-    for r in consumers:
-        for pid, raw in r["seen"].items():
-            bits = int.from_bytes(raw, "little")
-            prev = merged.get(pid, 0)
-            overlap = prev & bits
-            while overlap:
-                low = overlap & -overlap
-                if (pid, low.bit_length() - 1) in redelivered_seen:
-                    redelivered_dups += 1
-                else:
-                    duplicates += 1
-                overlap ^= low
-            merged[pid] = prev | bits
-    consumed = sum(v.bit_count() for v in merged.values())
-    lost = 0
+        groups.setdefault(opts.queue_name(r["queue"]) if opts.fanout else "", []).append(r)
+    checks = {name: check_group(members, producer_results, bool(opts.consumers)) for name, members in groups.items()}
+    duplicates = sum(c["duplicates"] for c in checks.values())
+    redelivered_dups = sum(c["redelivered_duplicates"] for c in checks.values())
+    consumed = sum(c["consumed"] for c in checks.values())
+    lost = sum(c["lost"] for c in checks.values())
     missing_examples: list[str] = []
-    if opts.consumers:
-        for pid, result in producer_results.items():
-            n = result["published"]
-            missing = ((1 << (n + 1)) - 2) & ~merged.get(pid, 0)
-            for tag in result["nacked"]:
-                missing &= ~(1 << tag)
-            count = missing.bit_count()
-            lost += count
-            if count and len(missing_examples) < 5:
-                first = (missing & -missing).bit_length() - 1
-                missing_examples.append(f"producer {pid}: {count} missing, first seq {first}")
+    for name, c in sorted(checks.items()):
+        missing_examples += [f"queue {name}: {m}" if name else m for m in c["missing"]]
+    missing_examples = missing_examples[:5]
 
     latency: list[int] = []
     for r in consumers:
@@ -822,10 +913,17 @@ def _summarise(
         "publish_rate": round(published_run / elapsed_p, 1) if elapsed_p else None,
         "prefill_rate": round(prefill_info["published"] / prefill_info["elapsed"], 1) if prefill_info else None,
         "confirmed": confirmed,
+        "confirm_rate": round(confirmed / elapsed_p, 1) if elapsed_p and opts.confirm else None,
         "nacked": nacked,
         "consumed": consumed,
         "deliveries": deliveries,
         "deliver_rate": round(deliveries / deliver_span, 1) if deliver_span > 0 else None,
+        "copies": opts.copies,
+        "per_queue": (
+            {name: {k: c[k] for k in ("consumed", "lost", "duplicates")} for name, c in sorted(checks.items())}
+            if opts.fanout
+            else None
+        ),
         "latency_ms": percentiles(latency, (50, 95, 99)),
         "confirm_latency_ms": percentiles(confirm_latency, (50, 99)) if opts.confirm else None,
         "lost": lost,
@@ -845,9 +943,10 @@ def _format(s: dict[str, Any]) -> str:
     st = s["settings"]
     kind = "persistent" if st["persistent"] else "transient"
     ack = f"multi-ack {st['multi_ack']}" if st["multi_ack"] else "auto-ack"
+    route = f"fanout exchange {FANOUT_EXCHANGE} to " if st["exchange_type"] == "fanout" else ""
     lines = [
         f"conveyor perf against {s['broker']}: {st['producers']} producer(s), {st['consumers']} consumer(s), "
-        f"{st['queues']} queue(s), {st['size']} B {kind}, confirm window {st['confirm'] or 'off'}, "
+        f"{route}{st['queues']} queue(s), {st['size']} B {kind}, confirm window {st['confirm'] or 'off'}, "
         f"prefetch {st['prefetch']}, {ack}, ran {s['duration_s']:.1f} s",
     ]
     lines += [f"  note: {n}" for n in s["notes"]]
@@ -856,11 +955,21 @@ def _format(s: dict[str, Any]) -> str:
     if s["publish_rate"] is not None:
         lines.append(
             f"published   {s['published'] - s['prefilled']:>12,} msgs {s['publish_rate']:>12,.0f} msg/s"
-            + (f"  (confirmed {s['confirmed']:,}, nacked {s['nacked']:,})" if st["confirm"] else "")
+            + (
+                f"  (confirmed {s['confirmed']:,} = {s['confirm_rate'] or 0:,.0f} msg/s, nacked {s['nacked']:,})"
+                if st["confirm"]
+                else ""
+            )
         )
     if st["consumers"]:
         rate = f"{s['deliver_rate']:>12,.0f} msg/s" if s["deliver_rate"] else f"{'-':>12} msg/s"
-        lines.append(f"consumed    {s['consumed']:>12,} msgs {rate}  ({s['deliveries']:,} deliveries)")
+        if s["copies"] > 1:
+            lines.append(
+                f"consumed    {s['consumed']:>12,} msgs {rate}  ({s['deliveries']:,} deliveries; "
+                f"every message goes to all {s['copies']} queues: counts and rate are for all queues)"
+            )
+        else:
+            lines.append(f"consumed    {s['consumed']:>12,} msgs {rate}  ({s['deliveries']:,} deliveries)")
     if s["latency_ms"]:
         lat = s["latency_ms"]
         lines.append(
@@ -876,6 +985,12 @@ def _format(s: dict[str, Any]) -> str:
             f"redelivered {s['redelivered']:,} (of which duplicates {s['redelivered_duplicates']:,}), "
             f"foreign {s['foreign']:,}"
         )
+        if s["per_queue"]:
+            lines.append(
+                f"            each queue checked on its own: every one must get every message once "
+                f"({sum(q['lost'] == 0 and q['duplicates'] == 0 for q in s['per_queue'].values())} "
+                f"of {len(s['per_queue'])} queues complete)"
+            )
         lines += [f"  {d}" for d in s["lost_detail"]]
     lines.append(
         f"tool CPU    {s['tool_cpu_s']:.2f} s ({s['tool_cpu_pct']:.0f}% of one core); busiest worker "
