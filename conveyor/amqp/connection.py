@@ -44,6 +44,7 @@ AWAIT_HEADER, START_SENT, TUNE_SENT, TUNED, OPEN, CLOSING, CLOSED = range(7)
 _CONTENT_HEADER = struct.Struct("!HHQ")
 _FRAME_HEADER = struct.Struct("!BHI")
 _FRAME_END = b"\xce"
+_PUBLISH_CACHE_SIZE = 256  # distinct basic.publish method frames remembered per connection
 _KNOWN_FRAME_TYPES = frozenset({spec.FRAME_METHOD, spec.FRAME_HEADER, spec.FRAME_BODY, spec.FRAME_HEARTBEAT})
 
 
@@ -115,6 +116,7 @@ class Connection:
         self._sent = False
         self._idle_ticks = 0
         self._current: spec.Method | None = None  # the method being handled, for close replies
+        self._publishes: dict[bytes, spec.Method] = {}  # basic.publish payload -> its decoded method
 
     # -- output --------------------------------------------------------------------------------
 
@@ -181,11 +183,34 @@ class Connection:
             if not data:
                 return
         frames = self._frames.feed(data)
+        channels = self.channels
+        publishes = self._publishes
         for frame_type, channel, payload in frames:
-            if self.state == CLOSED:
-                return
-            self._current = None
+            if self.state != OPEN:
+                if self.state == CLOSED:
+                    return
+                self._current = None
+                try:
+                    self._frame(frame_type, channel, payload)
+                except Exception as exc:  # the one mapping point
+                    self.fail(channel, exc)
+                continue
+            # The hot path, inline: a publish's method frame seen before on this connection, and the
+            # header and body frames of content in progress. Anything else takes the general route.
+            state = channels.get(channel) if channel else None
             try:
+                if state is not None and not state.closing:
+                    if state.method is not None:
+                        if frame_type == spec.FRAME_BODY or frame_type == spec.FRAME_HEADER:
+                            self._current = None
+                            self._content_frame(channel, state, frame_type, payload)
+                            continue
+                    elif frame_type == spec.FRAME_METHOD:
+                        method = publishes.get(payload)
+                        if method is not None:
+                            self._current = state.method = method
+                            continue
+                self._current = None
                 self._frame(frame_type, channel, payload)
             except Exception as exc:  # the one mapping point
                 self.fail(channel, exc)
@@ -256,6 +281,12 @@ class Connection:
         self._current = method
         if method.CONTENT:
             state.method = method
+            if type(method) is spec.BasicPublish:
+                # Publishers repeat the same few exchange/routing-key pairs: decode each once, and
+                # share one method object (and its routing-key string) among their messages.
+                if len(self._publishes) >= _PUBLISH_CACHE_SIZE:
+                    self._publishes.clear()
+                self._publishes[payload] = method
             return
         if isinstance(method, spec.ChannelClose):
             del self.channels[channel]

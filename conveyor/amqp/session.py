@@ -24,6 +24,7 @@ from conveyor.store.api import StoreError
 _NO_ROUTE = "NO_ROUTE"
 _CONSUMER_TIMEOUT = "x-consumer-timeout"
 _USER_ID_FLAG = 0x10  # basic property flag bit of user-id (in the low byte of the flags word)
+_PROPERTIES_CACHE_SIZE = 256
 _EXPIRATION_FLAG = 0x01  # basic property flag 0x0100 (expiration), in the high byte of the flags word
 
 
@@ -36,6 +37,9 @@ class Session:
         self._confirming: set[Channel] = set()  # channels with confirms to send after this input
         self.has_published = False  # publishers, not consumers, are blocked by a disk alarm
         self._sync_marks: dict[Channel, int] = {}  # per channel, the last publish that awaits a group commit
+        # Raw properties that needed no check -> (that bytes object, persistent). Most publishers send
+        # the same few property lists; their messages then share one copy, and skip the checks.
+        self._properties: dict[bytes, tuple[bytes, bool]] = {}
 
     # -- connection callbacks ------------------------------------------------------------------
 
@@ -291,7 +295,25 @@ class Session:
         if m.immediate:
             raise HardError(spec.NOT_IMPLEMENTED, "immediate=true")
         self.has_published = True
-        if len(properties) > 1 and properties[0] & 0x02:  # reply-to set: maybe amq.rabbitmq.reply-to
+        known = self._properties.get(properties)
+        if known is not None:  # plain properties seen before: nothing to check, and one shared copy
+            properties, persistent = known
+        else:
+            properties, persistent = self._check_properties(channel, m, properties)
+        message = Message(m.exchange, m.routing_key, properties, body, persistent=persistent, decoder=decode_headers)
+        if channel.tx is not None:
+            self.vhost.get_exchange(m.exchange)  # a missing exchange fails now, not at commit
+            channel.tx.append(("publish", m.mandatory, message))
+            return
+        self._route(channel, m.mandatory, message)
+
+    def _check_properties(self, channel: Channel, m: spec.BasicPublish, properties: bytes) -> tuple[bytes, bool]:
+        """Validate (and, for direct reply-to, rewrite) a publish's raw properties. Returns the
+        properties and persistence; valid ones are remembered for the next publish that sends the
+        same bytes, unless they name a reply-to (its rewrite depends on the channel's state)."""
+        original = properties
+        has_reply_to = len(properties) > 1 and properties[0] & 0x02
+        if has_reply_to:  # maybe amq.rabbitmq.reply-to
             self.vhost.get_exchange(m.exchange)  # RabbitMQ checks the exchange first
             properties = reply_to.rewrite(properties, channel.reply)
         if len(properties) > 1 and properties[1] & _USER_ID_FLAG:
@@ -306,14 +328,12 @@ class Session:
             problem = expiration_error(expiration)
             if problem is not None:  # RabbitMQ's check at publish (rabbit_basic:parse_expiration)
                 raise SoftError(spec.PRECONDITION_FAILED, f"invalid expiration '{expiration}': {problem}")
-        message = Message(
-            m.exchange, m.routing_key, properties, body, persistent=is_persistent(properties), decoder=decode_headers
-        )
-        if channel.tx is not None:
-            self.vhost.get_exchange(m.exchange)  # a missing exchange fails now, not at commit
-            channel.tx.append(("publish", m.mandatory, message))
-            return
-        self._route(channel, m.mandatory, message)
+        known = (properties, is_persistent(properties))
+        if not has_reply_to:
+            if len(self._properties) >= _PROPERTIES_CACHE_SIZE:
+                self._properties.clear()
+            self._properties[original] = known
+        return known
 
     def _route(self, channel: Channel, mandatory: bool, message: Message) -> None:
         if not message.exchange and message.routing_key.startswith(reply_to.REPLY_PREFIX):

@@ -247,7 +247,11 @@ class Queue:
         """
         if self._limited and not self._make_room(message):
             return self.settings.overflow == "drop-head"  # dropped at once is still accepted
-        expires_at = self._expiry_of(message)
+        decoder = message.decoder
+        if self._ttl is None and (decoder is None or decoder.expiration(message.properties) is None):
+            expires_at = None  # the common case, without the call below
+        else:
+            expires_at = self._expiry_of(message)
         if expires_at is not None and expires_at <= self.clock.now():
             # TTL 0: delivered only if a consumer can take it right now, as RabbitMQ does.
             if not self._can_take_now():
