@@ -11,11 +11,14 @@ port with a fresh temporary data directory, and stops it at the end. Unless --ra
 --no-rabbitmq is given and if `rabbitmq-server` is on PATH, it also starts a RabbitMQ node of its
 own: node name conveyor-bench-<pid>@localhost, a free AMQP port and distribution port, no plugins,
 its own temporary mnesia and log directories and an empty config (so /etc/rabbitmq is not used);
-it stops it with `rabbitmqctl -n NODE stop` and deletes the directories at the end. (Run as root on
-Debian, `rabbitmq-server` switches to the rabbitmq user; the temporary directory is handed to that
-user for this. Erlang's port mapper daemon epmd is started by RabbitMQ if it is not running yet, and
-stays running.) The broker's process id (for RabbitMQ: beam.smp) is passed to `conveyor perf
---broker-pid` for the CPU and RSS figures in the raw results, and is needed by the memory scenario.
+it stops it with `rabbitmqctl -n NODE stop` and deletes the directories at the end. (As root with
+Debian's package, whose /usr/sbin/rabbitmq-server wrapper would `su` to the rabbitmq user and so
+drop the open-file limit to 1024 - about 830 connections - the harness runs the real script from
+/usr/lib/rabbitmq/bin as the rabbitmq user itself, with the file limit raised, and hands the
+temporary directory to that user. Erlang's port mapper daemon epmd is started by RabbitMQ if it is
+not running yet, and stays running.) The broker's process id (for RabbitMQ: beam.smp) is passed to
+`conveyor perf --broker-pid` for the CPU and RSS figures in the raw results, and is needed by the
+memory scenario.
 
 Scenarios (--scenarios picks a subset, e.g. a,c,e; the default is all of them):
   a  1 producer, no consumer, transient; 16 B and, as a separate row, 1 KiB       publish rate
@@ -57,6 +60,7 @@ import json
 import os
 import platform
 import pwd
+import re
 import resource
 import shutil
 import signal
@@ -191,6 +195,34 @@ def start_conveyor() -> Broker:
     )
 
 
+def raise_file_limit(want: int) -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = want if hard == resource.RLIM_INFINITY else min(want, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+
+
+def rabbitmq_server_command(server: str) -> tuple[list[str], pwd.struct_passwd | None]:
+    """How to start ``server``, and as which user (None: as we are).
+
+    Debian's /usr/sbin/rabbitmq-server is a wrapper that, for root, runs the real script (in
+    /usr/lib/rabbitmq/bin) through `su rabbitmq`. As root we run that real script as the rabbitmq user
+    ourselves instead, so that the raised file limit survives.
+    """
+    if os.geteuid() != 0:
+        return [server], None
+    try:
+        text = Path(server).read_text(errors="replace")[:20000]
+        user = pwd.getpwnam("rabbitmq")
+    except (OSError, KeyError):
+        return [server], None
+    match = re.search(r"su rabbitmq .*?(/[\w./-]+)/\$\{?SCRIPT\}?", text)
+    real = Path(match.group(1)) / "rabbitmq-server" if match else None
+    if real is None or not os.access(real, os.X_OK):
+        return [server], None
+    return [str(real)], user
+
+
 def start_rabbitmq(server: str) -> Broker:
     """A RabbitMQ node of our own (see the module docstring); stopped with ``rabbitmqctl -n NODE stop``."""
     ctl = shutil.which("rabbitmqctl", path=os.path.dirname(server)) or shutil.which("rabbitmqctl")
@@ -216,22 +248,27 @@ def start_rabbitmq(server: str) -> Broker:
         RABBITMQ_ADVANCED_CONFIG_FILE=str(workdir / "advanced.config"),
         RABBITMQ_CONF_ENV_FILE=str(workdir / "rabbitmq-env.conf"),
     )
-    if os.geteuid() == 0:
-        # Debian's wrapper runs the server as the rabbitmq user (su): that user must own the directory.
-        with contextlib.suppress(KeyError):
-            user = pwd.getpwnam("rabbitmq")
-            for path in (workdir, *workdir.iterdir()):
-                os.chown(path, user.pw_uid, user.pw_gid)
+    cmd, user = rabbitmq_server_command(server)
+    popen_user: dict[str, Any] = {}
+    if user is not None:
+        # Run the server as the rabbitmq user, as Debian's wrapper would, but without its `su`, which resets the
+        # file limit to 1024: RabbitMQ sizes its socket limit from it (~830 connections at 1024).
+        for path in (workdir, *workdir.iterdir()):
+            os.chown(path, user.pw_uid, user.pw_gid)
+        env["HOME"] = user.pw_dir  # the user's Erlang cookie, which the rabbitmqctl wrapper uses too
+        popen_user = {"user": user.pw_uid, "group": user.pw_gid, "extra_groups": []}
+    raise_file_limit(65536)  # inherited by the server
     logfile = workdir / "startup.log"
     with open(logfile, "wb") as out:
         proc = subprocess.Popen(
-            [server],
+            cmd,
             env=env,
             cwd=str(workdir),
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=out,
             start_new_session=True,
+            **popen_user,
         )
     uri = f"amqp://guest:guest@127.0.0.1:{port}/"
     beam_pid: list[int] = []
@@ -532,9 +569,7 @@ def _measure_memory(broker: Broker, n: int, conns: int, args: list[str]) -> dict
     }
     clean(broker)
     # Idle connections, one channel each (the perf client opens channel 1 in its handshake).
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft != resource.RLIM_INFINITY and soft < conns + 256:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (min(conns + 256, hard), hard))
+    raise_file_limit(conns + 256)
     before = rss_bytes(broker.pid)
     opened: list[Connection] = []
     try:
