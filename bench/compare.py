@@ -551,22 +551,8 @@ def run_memory(broker: Broker, opts: argparse.Namespace) -> Run:
 
 
 def _measure_memory(broker: Broker, n: int, conns: int, args: list[str]) -> dict[str, Any]:
+    """Connections first: memory the message backlog frees afterwards would be reused by them."""
     assert broker.pid
-    clean(broker)
-    before = rss_bytes(broker.pid)
-    perf = run_perf(broker, Scenario("m", "m", "", " ".join(args), []), 0, args, timeout=120 + n / 2000)
-    if not perf.ok or perf.summary is None:
-        raise RuntimeError(f"publishing {n:,} messages: {perf.problem}")
-    if perf.summary.get("confirmed") != n:
-        raise RuntimeError(f"only {perf.summary.get('confirmed')} of {n:,} messages confirmed")
-    after = rss_bytes(broker.pid)
-    result: dict[str, Any] = {
-        "messages": n,
-        "rss_before_messages": before,
-        "rss_after_messages": after,
-        "bytes_per_message": round((after - before) / n, 1),
-        "perf": perf.summary,
-    }
     clean(broker)
     # Idle connections, one channel each (the perf client opens channel 1 in its handshake).
     raise_file_limit(conns + 256)
@@ -580,11 +566,26 @@ def _measure_memory(broker: Broker, n: int, conns: int, args: list[str]) -> dict
     finally:
         for conn in opened:
             conn.close()
+    result: dict[str, Any] = {
+        "connections": conns,
+        "rss_before_connections": before,
+        "rss_after_connections": after,
+        "bytes_per_connection": round((after - before) / conns, 1),
+    }
+    # Queued messages, all confirmed, so all in the queue when RSS is read.
+    before = rss_bytes(broker.pid)
+    perf = run_perf(broker, Scenario("m", "m", "", " ".join(args), []), 0, args, timeout=120 + n / 2000)
+    if not perf.ok or perf.summary is None:
+        raise RuntimeError(f"publishing {n:,} messages: {perf.problem}")
+    if perf.summary.get("confirmed") != n:
+        raise RuntimeError(f"only {perf.summary.get('confirmed')} of {n:,} messages confirmed")
+    after = rss_bytes(broker.pid)
     result.update(
-        connections=conns,
-        rss_before_connections=before,
-        rss_after_connections=after,
-        bytes_per_connection=round((after - before) / conns, 1),
+        messages=n,
+        rss_before_messages=before,
+        rss_after_messages=after,
+        bytes_per_message=round((after - before) / n, 1),
+        perf=perf.summary,
     )
     return result
 
@@ -732,8 +733,10 @@ class Report:
             "Medians over the repeats. Ratio = Conveyor ÷ RabbitMQ for each repeat (repeat i of one with "
             "repeat i of the other), as min / median / max over the repeats. ↑ higher is better, "
             "↓ lower is better (so a ratio above 1 is good for ↑ rows, bad for ↓ rows). Latency is "
-            "publish to deliver; confirm latency is publish to confirm. Runs that failed or lost "
-            "messages are left out and footnoted."
+            "publish to deliver; confirm latency is publish to confirm. In (c), (d) and (f) the producers "
+            "publish as fast as they can, so a backlog builds and latency there is mostly time spent queued; "
+            "(c-latency) shows latency at a moderate load. Runs that failed or lost messages are left out and "
+            "footnoted."
         )
         for note in self.notes:
             lines.append("")
