@@ -871,8 +871,8 @@ def _summarise(
 
     # Check groups: with fanout each queue must get every message, else all consumers share the messages.
     groups: dict[str, list[dict[str, Any]]] = {}
-    if opts.fanout and opts.consumers:  # a queue whose consumers all failed still has to be checked
-        groups = {opts.queue_name(q): [] for q in range(opts.queues)}
+    if opts.consumers:  # a group whose consumers all failed still has to be checked
+        groups = {opts.queue_name(q): [] for q in range(opts.queues)} if opts.fanout else {"": []}
     for r in consumers:
         groups.setdefault(opts.queue_name(r["queue"]) if opts.fanout else "", []).append(r)
     checks = {name: check_group(members, producer_results, bool(opts.consumers)) for name, members in groups.items()}
