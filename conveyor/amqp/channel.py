@@ -11,6 +11,7 @@ channel's consumers. Zero means unlimited. ``can_deliver`` checks both.
 from __future__ import annotations
 
 import logging
+import struct
 from collections import OrderedDict, deque
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
@@ -26,6 +27,11 @@ if TYPE_CHECKING:
     from conveyor.amqp.session import Session
 
 log = logging.getLogger("conveyor.amqp")
+
+_DELIVER_ID = b"\x00\x3c\x00\x3c"  # basic.deliver: class 60, method 60
+_DELIVER_CACHE_SIZE = 256  # routing keys whose encoded deliver tail a consumer remembers
+_FRAME_HEAD = struct.Struct("!BHI")
+_TAG_AND_FLAG = struct.Struct("!QB")  # delivery-tag, then the redelivered bit
 
 Unacked = tuple[QueuedMessage, "AMQPConsumer | None", "float | None"]  # entry, consumer, ack deadline
 
@@ -47,6 +53,7 @@ class AMQPConsumer:
     """A basic.consume subscription; implements ``conveyor.core.consumer.Consumer``."""
 
     __slots__ = (
+        "_encoded", "_method_head", "_prefixes",
         "channel", "exclusive", "no_ack", "owner", "prefetch", "priority", "queue", "tag", "timeout", "unacked",
     )
 
@@ -62,6 +69,10 @@ class AMQPConsumer:
         self.owner = channel.session
         self.unacked = 0
         self.timeout = timeout  # ms an unacked delivery may stay unacked; None: no limit
+        tag_bytes = tag.encode("utf-8", "surrogateescape")
+        self._method_head = _DELIVER_ID + bytes((len(tag_bytes),)) + tag_bytes
+        self._encoded: dict[str, tuple[str, bytes]] = {}  # routing key -> (exchange, encoded tail of deliver)
+        self._prefixes: dict[int, bytes] = {}  # tail size -> frame head + method id + consumer tag
 
     def can_deliver(self) -> bool:
         channel = self.channel
@@ -82,12 +93,33 @@ class AMQPConsumer:
             channel.unacked[tag] = (entry, self, channel.deadline(timeout) if timeout else None)
             self.unacked += 1
         message = entry.message
-        channel.session.conn.send_content(
-            channel.id,
-            spec.BasicDeliver(self.tag, tag, entry.redelivered, message.exchange, message.routing_key),
-            message.properties,
-            message.body,
+        # The basic.deliver method frame is the same for every message with the same exchange and
+        # routing key but for the delivery tag and redelivered flag: encode the rest once.
+        routing_key = message.routing_key
+        exchange = message.exchange
+        encoded = self._encoded.get(routing_key)
+        if encoded is None or encoded[0] != exchange:
+            encoded = self._encode_deliver(exchange, routing_key)
+        channel.session.conn.send_delivery(
+            channel.id, self._prefix(len(encoded[1])), _TAG_AND_FLAG.pack(tag, entry.redelivered), encoded[1],
+            message.properties, message.body,
         )
+
+    def _encode_deliver(self, exchange: str, routing_key: str) -> tuple[str, bytes]:
+        if len(self._encoded) >= _DELIVER_CACHE_SIZE:
+            self._encoded.clear()
+        method = spec.BasicDeliver(self.tag, 0, False, exchange, routing_key).encode()
+        encoded = self._encoded[routing_key] = (exchange, method[len(self._method_head) + 9 :] + b"\xce")
+        return encoded
+
+    def _prefix(self, suffix_size: int) -> bytes:
+        """The method frame's head (frame header, method id, consumer tag) for a given tail size."""
+        prefix = self._prefixes.get(suffix_size)
+        if prefix is None:
+            head = self._method_head
+            size = len(head) + 9 + suffix_size - 1  # + delivery tag and flag; the tail ends with frame-end
+            prefix = self._prefixes[suffix_size] = _FRAME_HEAD.pack(spec.FRAME_METHOD, self.channel.id, size) + head
+        return prefix
 
     def cancelled_by_server(self) -> None:
         self.channel.server_cancel(self)

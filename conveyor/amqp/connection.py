@@ -42,6 +42,8 @@ log = logging.getLogger("conveyor.amqp")
 AWAIT_HEADER, START_SENT, TUNE_SENT, TUNED, OPEN, CLOSING, CLOSED = range(7)
 
 _CONTENT_HEADER = struct.Struct("!HHQ")
+_HEADER_FRAME_HEAD = struct.Struct("!BHIHHQ")  # a content header frame up to its properties
+_END_AND_BODY_HEAD = struct.Struct("!BBHI")  # the end octet of one frame and the head of a body frame
 _FRAME_HEADER = struct.Struct("!BHI")
 _FRAME_END = b"\xce"
 _PUBLISH_CACHE_SIZE = 256  # distinct basic.publish method frames remembered per connection
@@ -145,10 +147,37 @@ class Connection:
     def send_content(self, channel: int, method: spec.Method, properties: bytes, body: bytes) -> None:
         """A content-bearing method with its header and body frames, split at frame_max."""
         payload = method.encode()
+        head = _FRAME_HEADER.pack(spec.FRAME_METHOD, channel, len(payload))
+        self._write(head + payload + _FRAME_END + self._content(channel, properties, body))
+
+    def send_delivery(
+        self, channel: int, prefix: bytes, tag_and_flag: bytes, suffix: bytes, properties: bytes, body: bytes
+    ) -> None:
+        """A basic.deliver whose method frame the consumer has mostly pre-encoded (see
+        ``channel.AMQPConsumer``): ``prefix`` is the frame head up to the consumer tag, ``suffix``
+        the exchange and routing key with the frame end. The hot path of every delivery."""
+        size = len(body)
+        if size > self.frame_max - 8:
+            self._write(prefix + tag_and_flag + suffix + self._content(channel, properties, body))
+            return
+        self._write(
+            b"".join(
+                (
+                    prefix,
+                    tag_and_flag,
+                    suffix,
+                    _HEADER_FRAME_HEAD.pack(spec.FRAME_HEADER, channel, 12 + len(properties), 60, 0, size),
+                    properties,
+                    _END_AND_BODY_HEAD.pack(0xCE, spec.FRAME_BODY, channel, size),
+                    body,
+                    _FRAME_END,
+                )
+            )
+        )
+
+    def _content(self, channel: int, properties: bytes, body: bytes) -> bytes:
+        """The content header frame and the body frames, split at frame_max."""
         parts = [
-            _FRAME_HEADER.pack(spec.FRAME_METHOD, channel, len(payload)),
-            payload,
-            _FRAME_END,
             _FRAME_HEADER.pack(spec.FRAME_HEADER, channel, 12 + len(properties)),
             _CONTENT_HEADER.pack(60, 0, len(body)),
             properties,
@@ -160,7 +189,7 @@ class Connection:
             parts.append(_FRAME_HEADER.pack(spec.FRAME_BODY, channel, len(piece)))
             parts.append(piece)
             parts.append(_FRAME_END)
-        self._write(b"".join(parts))
+        return b"".join(parts)
 
     # -- input ---------------------------------------------------------------------------------
 
