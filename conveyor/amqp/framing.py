@@ -47,23 +47,33 @@ class FrameBuffer:
     def feed(self, data: bytes) -> list[tuple[int, int, bytes]]:
         if self.error is not None:
             return []
-        buf: bytes | bytearray
-        if self._buf:
-            self._buf += data
-            buf = self._buf
-        else:
-            buf = data  # fast path: parse straight from the transport's bytes
-        frames: list[tuple[int, int, bytes]] = []
-        off = 0
         size_limit = self.frame_max - 8
-        available = len(buf)
         unpack = FRAME_HEADER.unpack_from
+        pending = self._buf
+        if pending:
+            pending += data
+            # Until the first frame is whole there is nothing to parse: keep gathering, without
+            # copying (a large frame arrives over many reads).
+            if len(pending) < 7:
+                return []
+            size = unpack(pending, 0)[2]
+            if size <= size_limit and len(pending) < size + 8:
+                return []
+            buf = bytes(pending)
+            self._buf = bytearray()
+        else:
+            buf = data if type(data) is bytes else bytes(data)
+        # Payloads are slices of one bytes object: bytes, hashable, one copy each.
+        frames: list[tuple[int, int, bytes]] = []
+        append = frames.append
+        off = 0
+        available = len(buf)
         while available - off >= 7:
             frame_type, channel, size = unpack(buf, off)
             if size > size_limit:
                 self.error = FrameError(
                     spec.FRAME_ERROR,
-                    f"type {frame_type}, first 16 octets = {bytes(buf[off:off + 16])!r}: "
+                    f"type {frame_type}, first 16 octets = {buf[off:off + 16]!r}: "
                     f"{{frame_too_large,{size},{size_limit}}}",
                 )
                 break
@@ -73,14 +83,10 @@ class FrameBuffer:
             if buf[end] != 0xCE:
                 self.error = FrameError(spec.FRAME_ERROR, f"type {frame_type}, frame end octet missing")
                 break
-            frames.append((frame_type, channel, bytes(buf[off + 7 : end])))
+            append((frame_type, channel, buf[off + 7 : end]))
             off = end + 1
-        if self.error is not None:
-            self._buf = bytearray()
-        elif buf is self._buf:
-            del self._buf[:off]
-        elif off < available:
-            self._buf += memoryview(data)[off:]
+        if self.error is None and off < available:
+            self._buf = bytearray(buf[off:])
         return frames
 
 
