@@ -31,7 +31,7 @@ from typing import Any
 from conveyor.amqp import spec
 from conveyor.amqp.framing import PROTOCOL_HEADER, FrameBuffer, encode_frame
 from conveyor.amqp.server import READ_SIZE, AMQPProtocol
-from conveyor.app import Broker
+from conveyor.app import Broker, tune_garbage_collector
 from conveyor.config import Settings
 
 CHANNEL = 1
@@ -253,7 +253,12 @@ def main() -> None:
     parser.add_argument("--count", type=int, help="messages per run (default depends on the scenario)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--profile", action="store_true", help="run once under cProfile and print the top 30")
+    parser.add_argument(
+        "--default-gc", action="store_true", help="keep CPython's collector settings (conveyor serve tunes them)"
+    )
     args = parser.parse_args()
+    if not args.default_gc:
+        tune_garbage_collector()
     try:
         import uvloop
     except ImportError:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import hashlib
 import logging
 import os
@@ -36,6 +37,7 @@ from conveyor.store.sync import GroupCommitter
 
 log = logging.getLogger("conveyor")
 
+GC_YOUNG_THRESHOLD = 10_000  # allocations between young-generation collections (CPython's default: 700)
 DISK_PROBE_INTERVAL = 1.0  # seconds between write probes while the disk alarm is on
 DISK_PROBE_BYTES = 1024 * 1024  # the probe must fit before publishers may write again
 
@@ -291,11 +293,28 @@ class Broker:
         self.committer.close()
 
 
+def tune_garbage_collector() -> None:
+    """Make the cyclic garbage collector cheaper for a broker's heap.
+
+    Every queued message is a couple of long-lived container objects, and each collection walks the
+    generation it collects. CPython's default (a young collection every 700 allocations) spends a
+    third of the publish path's CPU in the collector once queues hold a few hundred thousand
+    messages (bench/hotpath.py: 150k vs 220k msg/CPU-s). Collecting the young generation every
+    10,000 allocations keeps most of that, and freezing what start-up built (modules, classes,
+    recovered topology) keeps it out of every full collection. Reference counting still frees
+    messages the moment they are acked; the collector is only for cycles.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, 10, 10)
+
+
 async def serve(settings: Settings) -> None:
     """Run the broker until SIGINT or SIGTERM."""
     broker = Broker(settings)
     broker.recover()
     await broker.start()
+    tune_garbage_collector()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
