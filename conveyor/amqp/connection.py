@@ -214,6 +214,7 @@ class Connection:
         frames = self._frames.feed(data)
         channels = self.channels
         publishes = self._publishes
+        handler = self.handler
         for frame_type, channel, payload in frames:
             if self.state != OPEN:
                 if self.state == CLOSED:
@@ -229,7 +230,26 @@ class Connection:
             state = channels.get(channel) if channel else None
             try:
                 if state is not None and not state.closing:
-                    if state.method is not None:
+                    method = state.method
+                    if method is not None:
+                        if (
+                            frame_type == spec.FRAME_BODY
+                            and not state.body_parts
+                            and len(payload) == state.body_size
+                            and state.properties is not None
+                        ):  # a whole body in one frame: the content is complete
+                            properties = state.properties
+                            state.method = state.properties = None
+                            self._current = method
+                            handler.content(channel, method, properties, payload)
+                            continue
+                        if frame_type == spec.FRAME_HEADER and state.properties is None and len(payload) >= 12:
+                            class_id, _weight, body_size = _CONTENT_HEADER.unpack_from(payload, 0)
+                            if class_id == method.CLASS_ID and body_size:
+                                state.properties = payload[12:]
+                                state.body_size = body_size
+                                state.body_received = 0
+                                continue
                         if frame_type == spec.FRAME_BODY or frame_type == spec.FRAME_HEADER:
                             self._current = None
                             self._content_frame(channel, state, frame_type, payload)

@@ -597,6 +597,17 @@ class Queue:
     def _pump(self) -> None:
         self._pump_scheduled = False
         budget = PUMP_BUDGET
+        consumers = self.consumers
+        if len(consumers) == 1:  # the common case: no one to choose between
+            consumer = consumers[0]
+            no_ack, can_deliver, deliver = consumer.no_ack, consumer.can_deliver, consumer.deliver
+            while budget and can_deliver():
+                entry = self._take_head()
+                if entry is None:
+                    break
+                self._handed_out(entry, no_ack)
+                deliver(entry)
+                budget -= 1
         while budget and (self.ready or self._tail_count):
             consumer = self._pick()
             if consumer is None:
