@@ -53,7 +53,7 @@ class AMQPConsumer:
     """A basic.consume subscription; implements ``conveyor.core.consumer.Consumer``."""
 
     __slots__ = (
-        "_encoded", "_method_head", "_prefixes",
+        "_encoded", "_method_head",
         "channel", "exclusive", "no_ack", "owner", "prefetch", "priority", "queue", "tag", "timeout", "unacked",
     )
 
@@ -71,8 +71,7 @@ class AMQPConsumer:
         self.timeout = timeout  # ms an unacked delivery may stay unacked; None: no limit
         tag_bytes = tag.encode("utf-8", "surrogateescape")
         self._method_head = _DELIVER_ID + bytes((len(tag_bytes),)) + tag_bytes
-        self._encoded: dict[str, tuple[str, bytes]] = {}  # routing key -> (exchange, encoded tail of deliver)
-        self._prefixes: dict[int, bytes] = {}  # tail size -> frame head + method id + consumer tag
+        self._encoded: dict[str, tuple[str, bytes, bytes]] = {}  # routing key -> see _encode_deliver
 
     def can_deliver(self) -> bool:
         channel = self.channel
@@ -101,25 +100,20 @@ class AMQPConsumer:
         if encoded is None or encoded[0] != exchange:
             encoded = self._encode_deliver(exchange, routing_key)
         channel.session.conn.send_delivery(
-            channel.id, self._prefix(len(encoded[1])), _TAG_AND_FLAG.pack(tag, entry.redelivered), encoded[1],
+            channel.id, encoded[1], _TAG_AND_FLAG.pack(tag, entry.redelivered), encoded[2],
             message.properties, message.body,
         )
 
-    def _encode_deliver(self, exchange: str, routing_key: str) -> tuple[str, bytes]:
+    def _encode_deliver(self, exchange: str, routing_key: str) -> tuple[str, bytes, bytes]:
+        """(exchange, the method frame up to the delivery tag, the rest of it after the redelivered
+        flag, frame end included) for deliveries of messages with this exchange and routing key."""
         if len(self._encoded) >= _DELIVER_CACHE_SIZE:
             self._encoded.clear()
-        method = spec.BasicDeliver(self.tag, 0, False, exchange, routing_key).encode()
-        encoded = self._encoded[routing_key] = (exchange, method[len(self._method_head) + 9 :] + b"\xce")
+        payload = spec.BasicDeliver(self.tag, 0, False, exchange, routing_key).encode()
+        split = len(self._method_head)
+        prefix = _FRAME_HEAD.pack(spec.FRAME_METHOD, self.channel.id, len(payload)) + payload[:split]
+        encoded = self._encoded[routing_key] = (exchange, prefix, payload[split + 9 :] + b"\xce")
         return encoded
-
-    def _prefix(self, suffix_size: int) -> bytes:
-        """The method frame's head (frame header, method id, consumer tag) for a given tail size."""
-        prefix = self._prefixes.get(suffix_size)
-        if prefix is None:
-            head = self._method_head
-            size = len(head) + 9 + suffix_size - 1  # + delivery tag and flag; the tail ends with frame-end
-            prefix = self._prefixes[suffix_size] = _FRAME_HEAD.pack(spec.FRAME_METHOD, self.channel.id, size) + head
-        return prefix
 
     def cancelled_by_server(self) -> None:
         self.channel.server_cancel(self)
@@ -161,12 +155,12 @@ class Channel:
             if delivery_tag not in unacked:  # RabbitMQ requires the exact tag, even with multiple
                 raise SoftError(spec.PRECONDITION_FAILED, f"unknown delivery tag {delivery_tag}")
             taken = []
-            while unacked:
-                tag = next(iter(unacked))
-                if tag > delivery_tag:
-                    break
-                taken.append(unacked.popitem(last=False)[1])
-            return taken
+            popitem = unacked.popitem
+            while True:  # tags are in order: pop up to and including delivery_tag
+                tag, item = popitem(last=False)
+                taken.append(item)
+                if tag == delivery_tag:
+                    return taken
         try:
             return [unacked.pop(delivery_tag)]
         except KeyError:
@@ -176,10 +170,13 @@ class Channel:
         """ack (requeue=None), or reject/nack with or without requeue."""
         taken = self._take(delivery_tag, multiple)
         woken: set[Queue] = set()
+        last = None
         for _, consumer, _ in taken:
             if consumer is not None:
                 consumer.unacked -= 1
-                woken.add(consumer.queue)
+                if consumer is not last:
+                    woken.add(consumer.queue)
+                    last = consumer
         if requeue:
             self._requeue(entry for entry, _, _ in taken)
         elif requeue is None:
