@@ -34,7 +34,7 @@ from typing import Any, Protocol
 
 from conveyor.amqp import spec
 from conveyor.amqp.errors import HardError, reply_for, reply_text
-from conveyor.amqp.framing import HEARTBEAT_FRAME, PROTOCOL_HEADER, FrameBuffer, encode_frame
+from conveyor.amqp.framing import FRAME_PUBLISH, HEARTBEAT_FRAME, PROTOCOL_HEADER, FrameBuffer, encode_frame
 from conveyor.amqp.values import DecodeError
 
 log = logging.getLogger("conveyor.amqp")
@@ -119,6 +119,8 @@ class Connection:
         self._idle_ticks = 0
         self._current: spec.Method | None = None  # the method being handled, for close replies
         self._publishes: dict[bytes, spec.Method] = {}  # basic.publish payload -> its decoded method
+        self._lane_method: spec.Method | None = None  # the publish the frame buffer's lane recognises
+        self._lane_channel = 0
 
     # -- output --------------------------------------------------------------------------------
 
@@ -211,11 +213,36 @@ class Connection:
             self._send_start()
             if not data:
                 return
-        frames = self._frames.feed(data)
+        self._receive_frames(self._frames.feed(data))
+        error = self._frames.error
+        if error is not None and self.state not in (CLOSING, CLOSED):
+            self._close_connection(error.reply_code, reply_text(error.reply_code, error.reply_text), 0, 0)
+
+    def _receive_frames(self, frames: list[tuple[int, int, Any]]) -> None:
         channels = self.channels
         publishes = self._publishes
         handler = self.handler
         for frame_type, channel, payload in frames:
+            if frame_type == FRAME_PUBLISH:  # a whole publish from the frame buffer's lane
+                state = channels.get(channel)
+                if self.state == OPEN and state is not None and not state.closing and state.method is None:
+                    (method, _), properties, body = payload
+                    self._current = method
+                    try:
+                        handler.content(channel, method, properties, body)
+                    except Exception as exc:  # the one mapping point
+                        self.fail(channel, exc)
+                else:  # not the moment for a publish: the three frames, one by one
+                    (_, method_payload), properties, body = payload
+                    header = _CONTENT_HEADER.pack(60, 0, len(body)) + properties
+                    self._receive_frames(
+                        [
+                            (spec.FRAME_METHOD, channel, method_payload),
+                            (spec.FRAME_HEADER, channel, header),
+                            (spec.FRAME_BODY, channel, body),
+                        ]
+                    )
+                continue
             if self.state != OPEN:
                 if self.state == CLOSED:
                     return
@@ -258,14 +285,18 @@ class Connection:
                         method = publishes.get(payload)
                         if method is not None:
                             self._current = state.method = method
+                            if method is not self._lane_method or channel != self._lane_channel:
+                                self._set_publish_lane(channel, payload, method)
                             continue
                 self._current = None
                 self._frame(frame_type, channel, payload)
             except Exception as exc:  # the one mapping point
                 self.fail(channel, exc)
-        error = self._frames.error
-        if error is not None and self.state not in (CLOSING, CLOSED):
-            self._close_connection(error.reply_code, reply_text(error.reply_code, error.reply_text), 0, 0)
+
+    def _set_publish_lane(self, channel: int, payload: bytes, method: spec.Method) -> None:
+        """Let the frame buffer hand over the next publishes of this method frame whole (framing.py)."""
+        self._lane_method, self._lane_channel = method, channel
+        self._frames.publish_lane = (encode_frame(spec.FRAME_METHOD, channel, payload), (method, payload))
 
     def _refuse_header(self) -> None:
         self._write(PROTOCOL_HEADER)
@@ -336,6 +367,7 @@ class Connection:
                 if len(self._publishes) >= _PUBLISH_CACHE_SIZE:
                     self._publishes.clear()
                 self._publishes[payload] = method
+                self._set_publish_lane(channel, payload, method)
             return
         if isinstance(method, spec.ChannelClose):
             del self.channels[channel]

@@ -533,3 +533,40 @@ def test_heartbeat_zero_disables_both_directions(pair: ServerPair) -> None:
         assert conn.tick()
     assert conn.data_to_send() == []
     assert conn.state == OPEN
+
+
+# -- the publish lane (framing.py) ---------------------------------------------------------------------
+
+
+def test_repeated_publishes_in_one_chunk_reach_the_handler_whole(
+    opened: ServerPair, handler: RecordingHandler
+) -> None:
+    props = spec.BasicProperties(delivery_mode=2).encode()
+    assert opened.send(publish(1, "", "q", b"m0", props)) == []  # the lane learns this method frame
+    assert opened.conn._frames.publish_lane is not None
+    stream = b"".join(publish(1, "", "q", f"m{i}".encode(), props) for i in range(1, 5))
+    stream += publish(1, "", "other", b"x") + publish(1, "", "q", b"m5", props)
+    assert opened.send(stream) == []
+    method_q = spec.BasicPublish(exchange="", routing_key="q")
+    assert handler.events == [("content", 1, method_q, props, f"m{i}".encode()) for i in range(5)] + [
+        ("content", 1, spec.BasicPublish(exchange="", routing_key="other"), b"\x00\x00", b"x"),
+        ("content", 1, method_q, props, b"m5"),
+    ]
+
+
+def test_lane_publishes_on_a_channel_we_closed_are_dropped(opened: ServerPair, handler: RecordingHandler) -> None:
+    opened.send(publish(1, "", "q", b"first"))  # teaches the lane this method frame
+    handler.fail_with = SoftError(spec.NOT_FOUND, "no queue")
+    assert opened.send(publish(1, "", "q", b"second")).only(spec.ChannelClose).reply_code == 404
+    handler.events.clear()
+    assert opened.send(publish(1, "", "q", b"third") * 3) == []
+    assert handler.events == []
+    assert opened.call(1, spec.ChannelCloseOk()) == []
+    opened.open_channel(1)
+
+
+def test_lane_publish_while_content_is_expected_is_505(opened: ServerPair, handler: RecordingHandler) -> None:
+    opened.send(publish(1, "", "q", b"first"))
+    started = method_frame(1, spec.BasicPublish(exchange="", routing_key="q"))  # no header or body follows
+    close = opened.send(started + publish(1, "", "q", b"second")).only(spec.ConnectionClose)
+    assert close.reply_code == spec.UNEXPECTED_FRAME
