@@ -36,6 +36,7 @@ class Session:
         self.channels: dict[int, Channel] = {}
         self._confirming: set[Channel] = set()  # channels with confirms to send after this input
         self.has_published = False  # publishers, not consumers, are blocked by a disk alarm
+        self.last_routed: list[Any] = []  # the queues the latest publish reached (for flow control)
         self._sync_marks: dict[Channel, int] = {}  # per channel, the last publish that awaits a group commit
         # Raw properties that needed no check -> (that bytes object, persistent). Most publishers send
         # the same few property lists; their messages then share one copy, and skip the checks.
@@ -342,6 +343,7 @@ class Session:
         vhost = self.vhost
         try:
             routed = vhost.publish(message.exchange, message)
+            self.last_routed = routed
         except StoreError as exc:
             self.broker.store_failed(exc)
             if not channel.confirm:  # nobody to nack: say so rather than drop the message silently

@@ -170,6 +170,24 @@ def test_pump_budget_reschedules(queue: Queue, scheduler: Scheduler) -> None:
     assert scheduler.pending == []
 
 
+def test_behind_means_a_backlog_that_a_consumer_with_credit_waits_for(queue: Queue, scheduler: Scheduler) -> None:
+    push_all(queue, *(str(i) for i in range(PUMP_BUDGET + 20)))
+    assert not queue.behind()  # no consumer: a backlog, but nobody waits for it
+    consumer = StandInConsumer("c", credit=0)
+    queue.add_consumer(consumer)
+    assert not queue.behind()  # the consumer is what holds messages back
+    consumer.credit = 10
+    assert queue.behind()
+    scheduler.run()
+    assert len(consumer.received) == 10 and consumer.credit == 0
+    assert queue.message_count > PUMP_BUDGET and not queue.behind()  # out of credit again
+    consumer.credit = None
+    scheduler.run()  # nothing scheduled: credit came back without a wake()
+    queue.wake()
+    scheduler.run()
+    assert queue.message_count == 0 and not queue.behind()
+
+
 def test_exact_budget_does_not_reschedule_an_empty_pump(queue: Queue, scheduler: Scheduler) -> None:
     c = StandInConsumer("c")
     queue.add_consumer(c)

@@ -278,6 +278,11 @@ class Queue:
             self._schedule(self._pump)
         return True
 
+    def behind(self) -> bool:
+        """More ready messages than one pump run delivers, while a consumer could take one now: the
+        broker, not the consumers, is what holds messages back. Front-ends slow publishers then."""
+        return len(self.ready) > PUMP_BUDGET and bool(self.consumers) and self._can_take_now()
+
     def _can_take_now(self) -> bool:
         return any(consumer.can_deliver() for consumer in self.consumers)
 
