@@ -28,6 +28,10 @@ CLOSE_TIMEOUT = 3.0  # how long we wait for close-ok after sending connection.cl
 
 
 READ_SIZE = 32 * 1024  # bytes read per loop turn from one connection (see get_buffer)
+# One read buffer for every connection: the event loop reads into it and calls buffer_updated at
+# once, which copies the bytes out, before it serves any other connection. (A buffer per connection
+# would be most of an idle connection's memory.)
+_READ_BUFFER = memoryview(bytearray(READ_SIZE))
 
 
 class AMQPProtocol(asyncio.BufferedProtocol):
@@ -55,7 +59,6 @@ class AMQPProtocol(asyncio.BufferedProtocol):
         self._close_timer_armed = False
         self._blocked = False  # reading paused by the disk alarm
         self._reading_paused = False  # paused until the next loop turn (see data_received)
-        self._read_view = memoryview(bytearray(READ_SIZE))
 
     # -- asyncio.Protocol ----------------------------------------------------------------------
 
@@ -70,10 +73,10 @@ class AMQPProtocol(asyncio.BufferedProtocol):
     def get_buffer(self, sizehint: int) -> memoryview:
         # A modest read size keeps each loop turn short under a flooding publisher, so consumers'
         # acks (and with them their credit) are read often; see also the pause in data_received.
-        return self._read_view
+        return _READ_BUFFER
 
     def buffer_updated(self, nbytes: int) -> None:
-        self.data_received(bytes(self._read_view[:nbytes]))
+        self.data_received(bytes(_READ_BUFFER[:nbytes]))
 
     def data_received(self, data: bytes) -> None:
         conn = self.conn
