@@ -159,7 +159,7 @@ class Connection:
         ``channel.AMQPConsumer``): ``prefix`` is the frame head up to the consumer tag, ``suffix``
         the exchange and routing key with the frame end. The hot path of every delivery."""
         size = len(body)
-        if size > self.frame_max - 8:
+        if not size or size > self.frame_max - 8:  # no body frame at all, or several
             self._write(prefix + tag_and_flag + suffix + self._content(channel, properties, body))
             return
         self._write(

@@ -143,6 +143,7 @@ def decode_output(chunks: Iterable[bytes], frame_max: int = 1 << 20) -> ServerOu
             if size == 0:
                 out.append(pending.pop(channel))
         elif frame_type == spec.FRAME_BODY:
+            assert channel in pending, f"body frame without content in progress on channel {channel}"
             command = pending[channel]
             assert command.body is not None
             command.body += payload

@@ -130,6 +130,15 @@ def test_large_delivery_is_split_at_frame_max(c: Client) -> None:
     assert deliveries(out) == [(1, False, body)]
 
 
+def test_empty_body_is_delivered_without_a_body_frame(c: Client) -> None:
+    # RabbitMQ sends no body frame for empty content, and aiormq fails on an empty one.
+    declare(c)
+    consume(c, no_ack=True)
+    c.send(publish(1, "", "q", b"x"))  # the next publish of this method frame takes the publish lane
+    out = c.send(publish(1, "", "q", b"") + publish(1, "", "q", b"y"))
+    assert deliveries(out) == [(2, False, b""), (3, False, b"y")]  # decode_output refuses a stray body frame
+
+
 def test_user_id_must_match_the_authenticated_user(c: Client) -> None:
     declare(c)
     assert c.send(publish(1, "", "q", b"ok", spec.BasicProperties(user_id="guest"))) == []
