@@ -33,7 +33,7 @@ Queue features (arguments or policy, see arguments.py), each costing nothing whe
 * Length limits: past x-max-length / x-max-length-bytes the head is dropped (dead-lettered as
   ``maxlen``) or, with x-overflow=reject-publish[-dlx], the new message is refused (push returns False).
 * Dead-lettering goes through the ``dead_letter`` hook the vhost supplies (it builds x-death).
-* Priorities (x-max-priority): ``ready`` is a set of FIFOs, highest served first; such a queue keeps
+* Priorities (x-max-priority): ``ready`` is a set of FIFOs, highest served first (ready.py); such a queue keeps
   all its messages in memory (no paging).
 * x-single-active-consumer: only the earliest consumer still attached is served.
 * x-delivery-limit: a message requeued more often than the limit is dead-lettered (``delivery_limit``).
@@ -52,8 +52,7 @@ Invariants
 from __future__ import annotations
 
 import heapq
-from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from conveyor.core.clock import Clock, SystemClock, Timer
@@ -61,6 +60,7 @@ from conveyor.core.consumer import Consumer
 from conveyor.core.errors import AccessRefused, NotFound
 from conveyor.core.message import GONE, OUT, READY, Message, QueuedMessage
 from conveyor.core.queue.arguments import QueueSettings
+from conveyor.core.queue.ready import Fifo, PriorityReady
 from conveyor.store.api import Position
 
 if TYPE_CHECKING:
@@ -71,73 +71,6 @@ DEFAULT_WINDOW = 4096  # messages of a durable queue kept in memory; the rest wa
 _FIRST = Position(0, 0)  # before every record of a store
 
 DeadLetter = Callable[["Queue", Message, str], None]
-
-
-class _Fifo(deque[QueuedMessage]):
-    """The ready list of an ordinary queue."""
-
-    def put_back(self, back: list[QueuedMessage]) -> _Fifo:
-        """Requeued entries (sorted by seq) into their places; returns the list to keep."""
-        if not self or back[-1].seq < self[0].seq:
-            self.extendleft(reversed(back))  # the usual case: all requeued are older than all ready
-            return self
-        return _Fifo(heapq.merge(back, self, key=_seq_of))
-
-
-class _PriorityReady:
-    """The ready list of a priority queue: one FIFO per priority, highest first."""
-
-    def __init__(self, max_priority: int) -> None:
-        self.max_priority = max_priority
-        self._levels: dict[int, deque[QueuedMessage]] = {}
-        self._count = 0
-
-    def _level(self, entry: QueuedMessage) -> deque[QueuedMessage]:
-        message = entry.message
-        priority = message.decoder.priority(message.properties) if message.decoder is not None else 0
-        priority = min(priority, self.max_priority)
-        level = self._levels.get(priority)
-        if level is None:
-            level = self._levels[priority] = deque()
-        return level
-
-    def append(self, entry: QueuedMessage) -> None:
-        self._level(entry).append(entry)
-        self._count += 1
-
-    def popleft(self) -> QueuedMessage:
-        for priority in sorted(self._levels, reverse=True):
-            level = self._levels[priority]
-            if level:
-                self._count -= 1
-                return level.popleft()
-        raise IndexError("pop from an empty queue")
-
-    def put_back(self, back: list[QueuedMessage]) -> _PriorityReady:
-        for entry in reversed(back):
-            level = self._level(entry)
-            if not level or entry.seq < level[0].seq:
-                level.appendleft(entry)
-            else:
-                merged = deque(heapq.merge([entry], level, key=_seq_of))
-                level.clear()
-                level.extend(merged)
-            self._count += 1
-        return self
-
-    def clear(self) -> None:
-        self._levels.clear()
-        self._count = 0
-
-    def __len__(self) -> int:
-        return self._count
-
-    def __bool__(self) -> bool:
-        return self._count > 0
-
-    def __iter__(self) -> Iterator[QueuedMessage]:
-        for priority in sorted(self._levels, reverse=True):
-            yield from self._levels[priority]
 
 
 class Queue:
@@ -190,16 +123,16 @@ class Queue:
         self._ttl_timer: Timer | None = None
         self._expires_timer: Timer | None = None
         self._arrivals: list[Consumer] = []  # consumers in the order they came (single active consumer)
-        self.ready: Any = _Fifo()
+        self.ready: Any = Fifo()
         self.settings = QueueSettings()
         self.apply_settings(settings or QueueSettings.resolve(self.arguments))
 
     def apply_settings(self, settings: QueueSettings) -> None:
         """Take up new settings (at declare, or when a policy changes)."""
         self.settings = settings
-        if settings.max_priority and not isinstance(self.ready, _PriorityReady):
+        if settings.max_priority and not isinstance(self.ready, PriorityReady):
             entries = list(self.ready)
-            self.ready = _PriorityReady(settings.max_priority)
+            self.ready = PriorityReady(settings.max_priority)
             for entry in entries:
                 self.ready.append(entry)
             self.window = 1 << 62  # priority queues keep every message in memory
