@@ -75,10 +75,6 @@ class Session:
             raise HardError(spec.COMMAND_INVALID, "unimplemented method")
         handler(self, self.channels[channel], method)
 
-    def content(self, channel: int, method: spec.Method, properties: bytes, body: bytes) -> None:
-        """A complete basic.publish (the only content-bearing method a client may send)."""
-        self._publish(self.channels[channel], method, properties, body)  # type: ignore[arg-type]
-
     def set_paused(self, paused: bool) -> None:
         """Flow control from the transport: stop or resume deliveries to this connection."""
         for channel in self.channels.values():
@@ -292,7 +288,9 @@ class Session:
             message.body,
         )
 
-    def _publish(self, channel: Channel, m: spec.BasicPublish, properties: bytes, body: bytes) -> None:
+    def content(self, channel_id: int, m: spec.BasicPublish, properties: bytes, body: bytes) -> None:
+        """A complete basic.publish (the only content-bearing method a client may send)."""
+        channel = self.channels[channel_id]
         if m.immediate:
             raise HardError(spec.NOT_IMPLEMENTED, "immediate=true")
         self.has_published = True
@@ -301,7 +299,7 @@ class Session:
             properties, persistent = known
         else:
             properties, persistent = self._check_properties(channel, m, properties)
-        message = Message(m.exchange, m.routing_key, properties, body, persistent=persistent, decoder=decode_headers)
+        message = Message(m.exchange, m.routing_key, properties, body, persistent, decode_headers)
         if channel.tx is not None:
             self.vhost.get_exchange(m.exchange)  # a missing exchange fails now, not at commit
             channel.tx.append(("publish", m.mandatory, message))
@@ -353,7 +351,7 @@ class Session:
             self._confirming.add(channel)
             return
         sync = message.persistent and any(queue.store is not None for queue in routed)
-        rejected = getattr(vhost, "rejected", 0)  # queues that refused it (x-overflow reject-publish)
+        rejected = vhost.rejected  # queues that refused it (x-overflow reject-publish)
         if not routed:
             exchange = vhost.exchanges.get(message.exchange)
             if exchange is not None and exchange.DEFERS:  # held back to be routed later, not lost
