@@ -252,42 +252,17 @@ class Connection:
                 except Exception as exc:  # the one mapping point
                     self.fail(channel, exc)
                 continue
-            # The hot path, inline: a publish's method frame seen before on this connection, and the
-            # header and body frames of content in progress. Anything else takes the general route.
+            # Publishes outside the lane (its first, a chunk boundary, another routing key): a method
+            # frame seen before on this connection skips the decode. Anything else takes the general route.
             state = channels.get(channel) if channel else None
             try:
-                if state is not None and not state.closing:
-                    method = state.method
+                if frame_type == spec.FRAME_METHOD and state is not None and not state.closing and state.method is None:
+                    method = publishes.get(payload)
                     if method is not None:
-                        if (
-                            frame_type == spec.FRAME_BODY
-                            and not state.body_parts
-                            and len(payload) == state.body_size
-                            and state.properties is not None
-                        ):  # a whole body in one frame: the content is complete
-                            properties = state.properties
-                            state.method = state.properties = None
-                            self._current = method
-                            handler.content(channel, method, properties, payload)
-                            continue
-                        if frame_type == spec.FRAME_HEADER and state.properties is None and len(payload) >= 12:
-                            class_id, _weight, body_size = _CONTENT_HEADER.unpack_from(payload, 0)
-                            if class_id == method.CLASS_ID and body_size:
-                                state.properties = payload[12:]
-                                state.body_size = body_size
-                                state.body_received = 0
-                                continue
-                        if frame_type == spec.FRAME_BODY or frame_type == spec.FRAME_HEADER:
-                            self._current = None
-                            self._content_frame(channel, state, frame_type, payload)
-                            continue
-                    elif frame_type == spec.FRAME_METHOD:
-                        method = publishes.get(payload)
-                        if method is not None:
-                            self._current = state.method = method
-                            if method is not self._lane_method or channel != self._lane_channel:
-                                self._set_publish_lane(channel, payload, method)
-                            continue
+                        self._current = state.method = method
+                        if method is not self._lane_method or channel != self._lane_channel:
+                            self._set_publish_lane(channel, payload, method)
+                        continue
                 self._current = None
                 self._frame(frame_type, channel, payload)
             except Exception as exc:  # the one mapping point
