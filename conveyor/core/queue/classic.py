@@ -536,7 +536,9 @@ class Queue:
         self._pump_scheduled = False
         budget = PUMP_BUDGET
         consumers = self.consumers
-        if len(consumers) == 1:  # the common case: no one to choose between
+        if len(consumers) == 1:
+            # The common case, no one to choose between: the loop below without a _pick per message
+            # (that call is 2.5% of a publish+deliver+ack in bench/hotpath.py consume).
             consumer = consumers[0]
             no_ack, can_deliver, deliver = consumer.no_ack, consumer.can_deliver, consumer.deliver
             while budget and can_deliver():
